@@ -1,0 +1,92 @@
+"""Prompt templates: how (history, candidate) becomes text for the language model.
+
+A template is named and versioned (``amazon@1``) so a trained adapter records exactly
+which wording it learned.  When a tokenizer and a length budget are given, the
+history is cut from the oldest end until the prompt fits; the candidate is never cut,
+because the score is about the candidate.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Sequence
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .data import Item
+
+
+@dataclass(frozen=True)
+class PromptTemplate:
+    """Text layout of a prompt.
+
+    ``item`` formats one item (fields: ``title`` and the item's extra fields),
+    ``cross`` formats a (history, candidate) prompt, ``query`` a history-only prompt
+    (the dual scorer's history side) and ``document`` the dual scorer's item side.
+    """
+
+    name: str
+    version: int = 1
+    item: str = "{title}"
+    separator: str = "; "
+    cross: str = "History: {history}. Candidate: {candidate}"
+    query: str = "History: {history}"
+    document: str = "{candidate}"
+    description: str = ""
+
+    @property
+    def key(self) -> str:
+        return f"{self.name}@{self.version}"
+
+    def item_text(self, item: "Item") -> str:
+        values = {**item.fields, "title": item.title}
+        return self.item.format_map(_Blank(values))
+
+    def render(self, history: Sequence["Item"], candidate: "Item", tokenizer: Any = None,
+               max_length: int | None = None) -> str:
+        """The cross prompt for ``candidate`` after ``history`` (oldest first)."""
+        return self._fit(self.cross, history, self.item_text(candidate), tokenizer, max_length)
+
+    def render_query(self, history: Sequence["Item"], tokenizer: Any = None,
+                     max_length: int | None = None) -> str:
+        """The history-only prompt of the dual scorer."""
+        return self._fit(self.query, history, "", tokenizer, max_length)
+
+    def render_document(self, item: "Item") -> str:
+        return self.document.format(candidate=self.item_text(item))
+
+    def _fit(self, layout: str, history: Sequence["Item"], candidate: str, tokenizer: Any,
+             max_length: int | None) -> str:
+        parts = [self.item_text(item) for item in history]
+
+        def text(keep: int) -> str:
+            kept = parts[len(parts) - keep:] if keep else []
+            return layout.format(history=self.separator.join(kept), candidate=candidate)
+
+        if tokenizer is None or max_length is None:
+            return text(len(parts))
+
+        def length(keep: int) -> int:
+            return len(tokenizer(text(keep), add_special_tokens=True)["input_ids"])
+
+        if length(len(parts)) <= max_length:
+            return text(len(parts))
+        # Binary search for the most recent items that fit: length grows with `keep`.
+        low, high = 0, len(parts)
+        while low < high:
+            middle = (low + high + 1) // 2
+            if length(middle) <= max_length:
+                low = middle
+            else:
+                high = middle - 1
+        return text(low)
+
+
+class _Blank(dict):
+    """Leaves a field that an item lacks empty instead of raising KeyError."""
+
+    def __missing__(self, key: str) -> str:
+        return ""
+
+
+DEFAULT_TEMPLATE = PromptTemplate(name="default", version=1,
+                                  description="Titles joined by '; ', candidate last.")
