@@ -1,0 +1,118 @@
+"""The built-in ``amazon`` domain plugin: Amazon Review Data (2018) product domains.
+
+Written only against the public plugin API, exactly as a third-party plugin would be.
+
+The ``--data`` location is a folder, optionally followed by ``?key=value&...``
+options.  The layout is detected from the folder's contents:
+
+* **Recformer layout** (``meta_data.json``, ``smap.json``, ``umap.json``,
+  ``train.json``, ``test.json``; the files of ``../shared/data/amazon18/<Domain>``).
+  Options: ``seed`` (default 0) and ``valid`` (default 0.1), the fraction of
+  ``train.json`` users moved to validation.  Example: ``data/Toys?valid=0.05``.
+* **Raw 2018 download** (``<Category>_5.json.gz`` with ``meta_<Category>.json.gz``).
+  Options: ``category`` (needed only when the folder holds several review files),
+  ``min_len`` / ``max_len`` (default 5 / 15: users with other review counts are
+  dropped), ``seed`` (0), ``test`` (0.2, the fraction of all users held out for
+  testing) and ``valid`` (0.1, the fraction of the remaining users moved to
+  validation, as in the Recformer layout).
+  Example: ``downloads?category=Toys_and_Games&max_len=20``.
+
+Users are assigned to splits by a hash of ``seed`` and their reviewer ID, so splits
+are reproducible on any machine and library version.  Any problem with the files
+raises :class:`~xcross_registry.errors.DataError` naming the file.
+"""
+
+from __future__ import annotations
+
+from dataclasses import fields
+from pathlib import Path
+from urllib.parse import parse_qsl
+
+from xcross_registry.data import DomainData, DomainType
+from xcross_registry.errors import DataError
+from xcross_registry.hookspecs import hookimpl
+from xcross_registry.templates import PromptTemplate
+
+from .raw import REVIEWS_SUFFIX, RawOptions, load_raw, review_files
+from .recformer import FILES as RECFORMER_FILES
+from .recformer import is_recformer_folder, load_recformer
+
+TEMPLATE = PromptTemplate(
+    name="amazon",
+    version=1,
+    item="{title}",
+    separator="; ",
+    cross="Previously bought: {history}. Candidate product: {candidate}",
+    query="Previously bought: {history}",
+    document="{candidate}",
+    description="Product titles, oldest purchase first, candidate last.",
+)
+
+
+def load(location: str) -> DomainData:
+    """Load a domain from ``FOLDER[?key=value&...]`` (see the module docstring)."""
+    folder, options = _parse_location(location)
+    if not folder.is_dir():
+        raise DataError(f"{folder}: no such folder")
+    if is_recformer_folder(folder):
+        allowed = {"seed", "valid"}
+        _check_options(folder, options, allowed)
+        return load_recformer(folder, seed=int(options.get("seed", 0)),
+                              valid_fraction=float(options.get("valid", 0.1)))
+    if review_files(folder) or "category" in options:
+        _check_options(folder, options, {field.name for field in fields(RawOptions)})
+        raw = RawOptions(**options)
+        if raw.min_len < 1 or raw.max_len < raw.min_len:
+            raise DataError(f"{location}: need 1 <= min_len <= max_len, got {raw.min_len} and {raw.max_len}")
+        return load_raw(folder, raw)
+    raise DataError(f"{folder}: no Amazon data found; expected {', '.join(RECFORMER_FILES)} "
+                    f"or <Category>{REVIEWS_SUFFIX} with meta_<Category>.json.gz")
+
+
+_TYPES = {"seed": int, "min_len": int, "max_len": int, "valid": float, "test": float, "category": str}
+
+
+def _parse_location(location: str) -> tuple[Path, dict]:
+    """Split ``FOLDER?options`` and convert the option values to their types.
+
+    A folder whose real name contains ``?`` still works: the whole string is tried as
+    a path first."""
+    if Path(location).exists() or "?" not in location:
+        return Path(location), {}
+    path, _, query = location.rpartition("?")
+    try:
+        pairs = parse_qsl(query, keep_blank_values=True, strict_parsing=True)
+    except ValueError:
+        raise DataError(f"{location}: options must look like ?key=value&key=value") from None
+    options: dict = {}
+    for key, value in pairs:
+        if key not in _TYPES:
+            raise DataError(f"{location}: unknown option {key!r} (known: {', '.join(_TYPES)})")
+        if key in options:
+            raise DataError(f"{location}: option {key!r} given twice")
+        try:
+            options[key] = _TYPES[key](value)
+        except ValueError:
+            raise DataError(f"{location}: option {key}={value!r} is not a valid "
+                            f"{_TYPES[key].__name__}") from None
+        if key in ("valid", "test") and not 0 <= options[key] < 1:
+            raise DataError(f"{location}: option {key} must be a fraction in [0, 1), got {value}")
+    return Path(path), options
+
+
+def _check_options(folder: Path, options: dict, allowed: set[str]) -> None:
+    extra = sorted(set(options) - allowed)
+    if extra:
+        raise DataError(f"{folder}: option(s) {', '.join(extra)} do not apply to this folder's "
+                        f"layout (allowed: {', '.join(sorted(allowed))})")
+
+
+@hookimpl
+def register_domains(register) -> None:
+    register(DomainType(
+        name="amazon",
+        load=load,
+        templates=[TEMPLATE],
+        description="Amazon Review Data (2018): a Recformer-layout domain folder or a raw "
+                    "<Category>_5.json.gz + meta_<Category>.json.gz download.",
+    ))

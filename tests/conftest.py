@@ -1,0 +1,138 @@
+"""Shared fixtures: an empty registry home per test, and the CLI run in-process."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from xcross_registry import plugins
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data" / "amazon18"
+
+
+@pytest.fixture
+def xreg_home(tmp_path, monkeypatch) -> Path:
+    home = tmp_path / "xreg-home"
+    monkeypatch.setenv("XREG_HOME", str(home))
+    monkeypatch.delenv("XREG_DATABASE_URL", raising=False)
+    monkeypatch.delenv("XREG_LOAD_PLUGINS", raising=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    plugins.reset()
+    yield home
+    plugins.reset()
+
+
+@dataclass
+class Result:
+    exit_code: int
+    stdout: str
+    stderr: str
+
+    def json(self):
+        return json.loads(self.stdout)
+
+
+@pytest.fixture
+def xreg(xreg_home, capsys, monkeypatch):
+    """Run ``xreg ARGS`` in this process, as the console script would."""
+    from xcross_registry.cli import main
+
+    def run(*args: str) -> Result:
+        capsys.readouterr()
+        monkeypatch.setattr(sys, "argv", ["xreg", *args])
+        code = 0
+        try:
+            main()
+        except SystemExit as exit_:
+            code = exit_.code if isinstance(exit_.code, int) else 1
+        out, err = capsys.readouterr()
+        return Result(code, out, err)
+
+    return run
+
+
+def run_subprocess(args: list[str], env: dict[str, str] | None = None,
+                   cwd: Path | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+    full_env = {**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}
+    return subprocess.run(args, env=full_env, cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def xreg_command(*args: str) -> list[str]:
+    """The console script of the interpreter running the tests."""
+    return [sys.executable, "-c", "from xcross_registry.cli import main; main()", *args]
+
+
+def require_shared_data(domain: str) -> Path:
+    path = SHARED_DATA / domain
+    if not path.is_dir():
+        pytest.skip(f"real data not available: {path} is absent (it lives beside the project)")
+    return path
+
+
+TINY_PLUGIN = '''
+"""A third-party-style plugin used by the tests: domains stored as one JSON file."""
+import json
+from pathlib import Path
+
+from xcross_registry.data import DomainData, DomainType, Item, UserSequence
+from xcross_registry.errors import DataError
+from xcross_registry.hookspecs import hookimpl
+from xcross_registry.templates import PromptTemplate
+
+
+def load(location):
+    path = Path(location)
+    if not path.is_file():
+        raise DataError(f"{path}: no such file")
+    raw = json.loads(path.read_text())
+    def users(split):
+        return [UserSequence(f"{split}{i}", tuple(seq)) for i, seq in enumerate(raw[split])]
+    return DomainData(items=[Item(f"i{i}", t) for i, t in enumerate(raw["items"])],
+                      train=users("train"), valid=users("valid"), test=users("test"))
+
+
+@hookimpl
+def register_domains(register):
+    register(DomainType(name="tinyjson", load=load,
+                        templates=[PromptTemplate(name="tinyjson", version=1)]))
+'''
+
+
+def make_plugin_distribution(root: Path, dist: str, module: str, source: str,
+                             entry_point: str | None = None) -> Path:
+    """Install a plugin package into ``root`` the way pip would lay it out:
+    the module plus a ``.dist-info`` whose entry point is in our group."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / f"{module}.py").write_text(source)
+    info = root / f"{dist.replace('-', '_')}-1.0.dist-info"  # as pip names it
+    info.mkdir(exist_ok=True)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text(
+        f"[xcross_registry]\n{entry_point or module} = {module}\n")
+    return root
+
+
+@pytest.fixture
+def tiny_plugin(tmp_path, monkeypatch, xreg_home) -> Path:
+    """The ``tinyjson`` plugin installed on sys.path, plus a valid data file for it."""
+    site = make_plugin_distribution(tmp_path / "site", "xreg-tinyjson", "xreg_tinyjson",
+                                    TINY_PLUGIN, entry_point="tinyjson")
+    monkeypatch.syspath_prepend(str(site))
+    import importlib
+
+    importlib.invalidate_caches()
+    plugins.reset()
+    data = tmp_path / "tiny.json"
+    data.write_text(json.dumps({
+        "items": ["red ball", "blue ball", "green kite", "yellow kite", "doll", "nan"]
+                 + [f"gadget {i}" for i in range(34)],
+        "train": [[0, 1, 2], [1, 2, 3, 4]], "valid": [[2, 3, 0]], "test": [[4, 5, 1]]}))
+    return data
