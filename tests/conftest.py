@@ -10,8 +10,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import torch
 
 from xcross_registry import plugins
+
+# Unit tests run tiny models: on a shared 2-core machine one thread per process
+# avoids thread contention that makes every small op slow.
+torch.set_num_threads(1)
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data" / "amazon18"
