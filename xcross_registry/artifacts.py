@@ -9,10 +9,13 @@ digest, so a flipped byte is caught before the bytes are used.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
+import shutil
 import tempfile
 from pathlib import Path
+from typing import Iterator
 
 from .errors import ArtifactError
 
@@ -46,7 +49,7 @@ class ArtifactStore:
         if target.is_file():
             return digest
         self.staging.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.staging, prefix="put-")
+        fd, tmp = tempfile.mkstemp(dir=self.staging, prefix=f"put-{os.getpid()}-")
         try:
             with os.fdopen(fd, "wb") as handle:
                 handle.write(data)
@@ -74,20 +77,53 @@ class ArtifactStore:
                 f"artifact {digest} is corrupt: its bytes hash to {actual} ({path})")
         return data
 
+    @contextlib.contextmanager
+    def staging_folder(self, purpose: str = "run") -> Iterator[Path]:
+        """A private folder under :attr:`staging`, removed when the block ends.
+
+        Its name carries this process's id, so a later :meth:`clean_staging` can tell
+        the leftovers of a killed run from the folder of a run still going."""
+        self.clean_staging()
+        self.staging.mkdir(parents=True, exist_ok=True)
+        folder = Path(tempfile.mkdtemp(dir=self.staging, prefix=f"{purpose}-{os.getpid()}-"))
+        try:
+            yield folder
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+
     def clean_staging(self) -> int:
-        """Remove leftovers of interrupted writes and runs; return how many entries went."""
+        """Remove what killed runs left in :attr:`staging`; return how many entries went.
+
+        Entries of processes that are still alive are kept."""
         if not self.staging.is_dir():
             return 0
         removed = 0
         for entry in self.staging.iterdir():
+            if _owner_alive(entry.name):
+                continue
             if entry.is_dir():
-                import shutil
-
                 shutil.rmtree(entry, ignore_errors=True)
             else:
                 entry.unlink(missing_ok=True)
             removed += 1
         return removed
+
+
+def _owner_alive(name: str) -> bool:
+    """Whether the process named in a staging entry (``purpose-PID-random``) still runs."""
+    parts = name.split("-")
+    if len(parts) < 3 or not parts[1].isdigit():
+        return False
+    pid = int(parts[1])
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _check_digest(digest: str) -> None:

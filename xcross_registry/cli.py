@@ -8,13 +8,15 @@ the commands that need them, so registry commands start fast.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import sys
 from typing import Any, Optional
 
 import typer
 
-from .errors import XregError
+from .errors import ValidationError, XregError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Registry of domain LoRA adapters and X-Cross compositions.")
@@ -75,22 +77,260 @@ def plugins(as_json: bool = JSON_OPTION) -> None:
             for i in infos])
 
 
+# Training options, shared by `add-domain --train` and `train-adapter`.
+EPOCHS = typer.Option(2, "--epochs", min=1)
+LR = typer.Option(5e-4, "--lr")
+BATCH_SIZE = typer.Option(16, "--batch-size", min=1)
+NEGATIVES = typer.Option(15, "--negatives", min=1, help="Sampled negatives per training example.")
+MAX_USERS = typer.Option(None, "--max-users", min=1, help="Cap on training users.")
+FRACTION = typer.Option(1.0, "--fraction", help="Share of the training users to use.")
+SEED = typer.Option(0, "--seed")
+MODE = typer.Option("cross", "--mode", help="cross (prompt with candidate) or dual (two towers).")
+BASE_MODEL = typer.Option(None, "--base-model", help="Transformers model name or path "
+                          "(default: the bundled all-MiniLM-L6-v2).")
+BF16 = typer.Option(False, "--bf16", help="bf16 autocast (GPU).")
+
+
+def _train(registry, name: str, *, epochs: int, lr: float, batch_size: int, negatives: int,
+           max_users: int | None, fraction: float, seed: int, mode: str, base_model: str | None,
+           bf16: bool, head_only: bool, quiet: bool):
+    from .adapters import train_adapter
+    from .scorer import ScorerConfig
+    from .training import TrainingConfig
+
+    training = TrainingConfig(epochs=epochs, lr=lr, batch_size=batch_size, negatives=negatives,
+                              max_users=max_users, fraction=fraction, seed=seed, bf16=bf16)
+    with _training_progress(quiet) as progress:
+        return train_adapter(registry, name, scorer_config=ScorerConfig(mode=mode),
+                             training_config=training, base_model=base_model,
+                             head_only=head_only, progress=progress)
+
+
+@contextlib.contextmanager
+def _training_progress(quiet: bool):
+    """A rich progress bar fed by the trainer's callback, on stderr so --json stays clean.
+
+    The bar appears with the first report, so a run that fails its checks prints
+    nothing but its one error line."""
+    if quiet:
+        yield None
+        return
+    from rich.console import Console
+    from rich.progress import (BarColumn, Progress, TextColumn, TimeElapsedColumn,
+                               TimeRemainingColumn)
+
+    columns = [TextColumn("epoch {task.fields[epoch]}"), BarColumn(),
+               TextColumn("loss {task.fields[loss]:.4f}"), TextColumn("{task.fields[rate]:.1f} seq/s"),
+               TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[valid]}")]
+    bar = Progress(*columns, console=Console(stderr=True))
+    task = None
+
+    def update(report) -> None:
+        nonlocal task
+        if task is None:
+            bar.start()
+            task = bar.add_task("train", total=None, epoch="-", loss=0.0, rate=0.0, valid="")
+        fields = {"epoch": f"{report.epoch}/{report.epochs}", "loss": report.loss,
+                  "rate": report.sequences_per_second}
+        if report.phase == "valid" and report.metrics:
+            fields["valid"] = " ".join(f"{k} {v:.3f}" for k, v in report.metrics.items())
+        bar.update(task, completed=report.step, total=report.steps, **fields)
+
+    try:
+        yield update
+    finally:
+        bar.stop()
+
+
 @app.command("add-domain")
 def add_domain(
     name: str,
     plugin: str = typer.Option(..., "--plugin", help="Domain type (plugin) that reads the data."),
     data: str = typer.Option(..., "--data", help="Where the data is (plugin-specific)."),
     description: str = typer.Option("", "--description"),
+    adapter: Optional[str] = typer.Option(None, "--adapter", help="Import this PEFT LoRA folder as v1."),
+    train: bool = typer.Option(False, "--train", help="Train a LoRA adapter right away."),
+    epochs: int = EPOCHS, lr: float = LR, batch_size: int = BATCH_SIZE, negatives: int = NEGATIVES,
+    max_users: Optional[int] = MAX_USERS, fraction: float = FRACTION, seed: int = SEED,
+    mode: str = MODE, base_model: Optional[str] = BASE_MODEL, bf16: bool = BF16,
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Register a domain after its plugin has loaded and validated the data."""
     from .registry import as_dict
 
-    row = _registry().add_domain(name, plugin, data, description)
-    if as_json:
-        _emit_json(as_dict(row))
+    registry = _registry()
+    if adapter is not None and train:
+        raise ValidationError("--adapter and --train exclude each other")
+    if adapter is not None:
+        from .adapters import import_adapter
+
+        import_adapter(registry, name, plugin, data, adapter, description=description,
+                       base_model=base_model)
     else:
-        _print_domain(as_dict(row))
+        registry.add_domain(name, plugin, data, description)
+        if train:
+            try:
+                _train(registry, name, epochs=epochs, lr=lr, batch_size=batch_size,
+                       negatives=negatives, max_users=max_users, fraction=fraction, seed=seed,
+                       mode=mode, base_model=base_model, bf16=bf16, head_only=False, quiet=as_json)
+            except BaseException:
+                registry.remove_domain(name, force=True)  # all or nothing
+                raise
+    document = as_dict(registry.domain(name))
+    document["adapters"] = [as_dict(a) for a in registry.adapters(name)]
+    if as_json:
+        _emit_json(document)
+    else:
+        _print_domain(document)
+
+
+@app.command("train-adapter")
+def train_adapter(
+    name: str,
+    epochs: int = EPOCHS, lr: float = LR, batch_size: int = BATCH_SIZE, negatives: int = NEGATIVES,
+    max_users: Optional[int] = MAX_USERS, fraction: float = FRACTION, seed: int = SEED,
+    mode: str = MODE, base_model: Optional[str] = BASE_MODEL, bf16: bool = BF16,
+    head_only: bool = typer.Option(False, "--head-only", help="Baseline: train only the head "
+                                   "on the frozen base model."),
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Train a LoRA adapter on a domain and register it as the next version."""
+    from .registry import as_dict
+
+    version = _train(_registry(), name, epochs=epochs, lr=lr, batch_size=batch_size,
+                     negatives=negatives, max_users=max_users, fraction=fraction, seed=seed,
+                     mode=mode, base_model=base_model, bf16=bf16, head_only=head_only, quiet=as_json)
+    if as_json:
+        _emit_json(as_dict(version))
+    else:
+        print(f"registered {version.label}: {version.trainable_parameters} trainable parameters, "
+              f"validation {version.metrics.get('validation')}")
+
+
+@app.command()
+def evaluate(
+    name: str = typer.Argument(..., help="Composition, adapter (DOMAIN or DOMAIN@vN), or a "
+                               "domain with --baseline."),
+    protocol: str = typer.Option("sampled", "--protocol", help="sampled, sampled-pop or full."),
+    split: str = typer.Option("test", "--split", help="test or valid."),
+    max_users: Optional[int] = typer.Option(None, "--max-users", min=1),
+    seed: int = typer.Option(0, "--seed", help="Candidate and bootstrap seed."),
+    domain: Optional[str] = typer.Option(None, "--domain", help="Evaluate on another domain (zero-shot)."),
+    baseline: Optional[str] = typer.Option(None, "--baseline", help="popularity or head-only."),
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Rank the stored candidates, print Hit@1/3/10, NDCG@10 and MRR, store the result."""
+    from . import evaluation
+
+    registry = _registry()
+    options = {"protocol": protocol, "split": split, "max_users": max_users, "seed": seed}
+    if baseline == "popularity":
+        result = evaluation.evaluate_popularity(registry, domain or name, **options)
+    elif baseline == "head-only":
+        from .adapters import latest_head_only
+
+        label = latest_head_only(registry, name).label
+        result = evaluation.evaluate_adapter(registry, label, domain=domain, **options)
+    elif baseline is None and domain is None:
+        result = evaluation.evaluate_named(registry, name, **options)
+    elif baseline is None:
+        result = evaluation.evaluate_adapter(registry, name, domain=domain, **options)
+    else:
+        raise ValidationError(f"unknown baseline {baseline!r}: use popularity or head-only")
+    if as_json:
+        _emit_json(result.as_dict())
+        return
+    _table(f"{result.subject_name} on {result.domain} ({result.protocol}, {result.split}, "
+           f"{result.num_users} users)", ["metric", "mean", "95% interval"],
+           [[metric, f"{m['mean']:.4f}", f"[{m['low']:.4f}, {m['high']:.4f}]"]
+            for metric, m in result.metrics.items()
+            if metric in ("hit@1", "hit@3", "hit@10", "ndcg@10", "mrr")])
+
+
+@app.command()
+def compose(
+    sources: str = typer.Option(..., "--sources", help="Comma-separated source adapters (DOMAIN or DOMAIN@vN)."),
+    target: str = typer.Option(..., "--target", help="Target domain."),
+    name: Optional[str] = typer.Option(None, "--name", help="Composition name (default TARGET-x)."),
+    method: str = typer.Option("xcross", "--method", help="xcross, or linear-merge (baseline)."),
+    mode: Optional[str] = typer.Option(None, "--mode", help="cross or dual (default: the sources')."),
+    beta: float = typer.Option(1.0, "--beta"), gamma: float = typer.Option(1.0, "--gamma"),
+    pooled: bool = typer.Option(False, "--pooled", help="Integration scalars per sequence, not per token."),
+    epochs: int = EPOCHS, lr: float = typer.Option(1e-3, "--lr"), batch_size: int = BATCH_SIZE,
+    negatives: int = NEGATIVES, max_users: Optional[int] = MAX_USERS, fraction: float = FRACTION,
+    seed: int = SEED, bf16: bool = BF16,
+    evaluate_after: bool = typer.Option(True, "--evaluate/--no-evaluate",
+                                        help="Evaluate on the target test split afterwards."),
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Train an X-Cross composition of source adapters for a target domain and register it."""
+    from . import composer, evaluation
+    from .training import TrainingConfig
+    from .xcross import XCrossConfig
+
+    registry = _registry()
+    training = TrainingConfig(epochs=epochs, lr=lr, batch_size=batch_size, negatives=negatives,
+                              max_users=max_users, fraction=fraction, seed=seed, bf16=bf16)
+    with _training_progress(as_json) as progress:
+        row = composer.compose(registry, [s for s in sources.split(",") if s.strip()], target,
+                               name=name, method=method, mode=mode, training_config=training,
+                               xcross_config=XCrossConfig(beta=beta, gamma=gamma, per_token=not pooled),
+                               progress=progress)
+    document = composer.as_dict(row)
+    if evaluate_after:
+        document["evaluation"] = evaluation.evaluate_composition(registry, row.name).as_dict()
+    if as_json:
+        _emit_json(document)
+    else:
+        _print_composition(document)
+
+
+@app.command()
+def compositions(as_json: bool = JSON_OPTION) -> None:
+    """List compositions with their sources."""
+    from . import composer
+
+    rows = [composer.as_dict(row) for row in composer.compositions(_registry())]
+    if as_json:
+        _emit_json(rows)
+        return
+    _table("compositions", ["name", "target", "sources", "method", "mode", "trainable"],
+           [[c["name"], c["target"], ", ".join(s["adapter"] for s in c["sources"]), c["method"],
+             c["mode"], c["trainable_parameters"]] for c in rows])
+
+
+@app.command()
+def recommend(
+    name: str = typer.Argument(..., help="Composition or adapter."),
+    history: str = typer.Option(..., "--history", help="Item titles (or ids), oldest first, ';'-separated."),
+    candidates: Optional[str] = typer.Option(None, "--candidates", help="File of candidate titles or ids, one a line."),
+    top: int = typer.Option(10, "--top", min=1),
+    rerank: Optional[str] = typer.Option(None, "--rerank", help="Cross model that re-ranks the retrieved top."),
+    rerank_depth: int = typer.Option(50, "--rerank-depth", min=1),
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Rank candidates for a history, or the whole catalogue (dual retrieval + optional re-rank)."""
+    from . import serving
+
+    registry = _registry()
+    model = serving.load_model(registry, name)
+    reranker = serving.load_model(registry, rerank, domain=model.domain) if rerank else None
+    ranked = serving.recommend(
+        model, serving.parse_history(history), top=top, reranker=reranker, rerank_depth=rerank_depth,
+        candidates=serving.read_candidates(candidates) if candidates else None)
+    if as_json:
+        _emit_json([r.as_dict() for r in ranked])
+        return
+    _table(f"{name} on {model.domain}", ["rank", "item", "title", "score"],
+           [[r.rank, r.item_id, r.title, f"{r.score:.4f}"] for r in ranked])
+
+
+@app.command()
+def export(name: str, directory: str) -> None:
+    """Write an adapter version as a standard PEFT folder (plus head and model card)."""
+    from .adapters import export_adapter
+
+    print(f"exported to {export_adapter(_registry(), name, directory)}")
 
 
 @app.command()
@@ -109,10 +349,19 @@ def domains(as_json: bool = JSON_OPTION) -> None:
 
 @app.command()
 def show(name: str, as_json: bool = JSON_OPTION) -> None:
-    """Show a domain: its data summary, adapters and dependents."""
+    """Show a domain (data summary, adapters, dependents) or a composition (sources, parameters)."""
     from .registry import as_dict
 
     registry = _registry()
+    from . import composer
+
+    if composer.composition_exists(registry, name):
+        document = composer.as_dict(composer.composition(registry, name))
+        if as_json:
+            _emit_json(document)
+        else:
+            _print_composition(document)
+        return
     document = as_dict(registry.domain(name))
     document["adapters"] = [as_dict(a) for a in registry.adapters(name)]
     document["used_by"] = registry.dependents(name)["compositions"]
@@ -168,8 +417,31 @@ def _print_domain(d: dict) -> None:
         console.print(f"used by: {', '.join(d['used_by'])}")
 
 
+def _print_composition(c: dict) -> None:
+    console = _console()
+    console.print(f"[bold]{c['name']}[/bold]: {c['method']} ({c['mode']}) of "
+                  f"{', '.join(s['adapter'] for s in c['sources'])} for {c['target']}")
+    parameters = c.get("parameters") or {}
+    console.print(f"trainable parameters: integrators {parameters.get('integrator_parameters')}, "
+                  f"head {parameters.get('head_parameters')}; one source adapter's LoRA "
+                  f"{parameters.get('source_lora_parameters')} (integrators/LoRA "
+                  f"{parameters.get('integrators_over_one_adapter')}, head/LoRA "
+                  f"{parameters.get('head_over_one_adapter')})")
+    training = c["training_config"]
+    console.print(f"trained on fraction {training['training']['fraction']} of {c['target']} "
+                  f"({training.get('train_users')} users) in {training.get('seconds')} s; "
+                  f"validation {training.get('validation')}")
+    evaluation = c.get("evaluation")
+    if evaluation:
+        console.print("test: " + ", ".join(f"{k} {v['mean']:.4f}" for k, v in evaluation["metrics"].items()
+                                          if k in ("hit@1", "hit@3", "hit@10", "ndcg@10", "mrr")))
+
+
 def main() -> None:
     """Console-script entry point: run the app, turning our errors into one line."""
+    # Library progress bars and warnings would break the one-line error contract.
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     try:
         app(standalone_mode=False)
     except XregError as exc:

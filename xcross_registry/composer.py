@@ -1,0 +1,292 @@
+"""The composer: build, train, store and reload X-Cross compositions and their baselines.
+
+A composition references its source adapter versions by id and digest (it never
+copies them) and stores only what it trained, the integrators, the mixing weights and
+the scorer head, in one safetensors file beside its settings.  Reloading rebuilds the
+multi-stream encoder from the same base model and the same stored source adapters, so
+scores are identical in a fresh process.
+
+Also here, because it composes sources too: the fixed linear merge baseline (peft's
+``add_weighted_adapter``, method ``linear-merge``) with only the head trained.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
+
+import torch
+from sqlalchemy import select
+from sqlalchemy.orm import selectinload
+
+from .adapters import (PEFT_WEIGHTS, _base_model_row, _signals_interrupt, manifest_files,
+                       resolve_adapter, store_folder, write_folder)
+from .errors import ConflictError, ModelError, NotFoundError, ValidationError
+from .registry import Registry, validate_name
+from .schema import AdapterVersion, Composition, CompositionSource, Domain
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .scorer import Scorer
+    from .training import TrainingConfig, TrainingProgress
+    from .xcross import XCrossConfig
+
+METHODS = ("xcross", "linear-merge")
+TRAINED_FILE = "trained.safetensors"
+SETTINGS_FILE = "composition.json"
+
+
+@dataclass
+class ParameterCounts:
+    """What a composition trained, against the size of one source adapter's LoRA."""
+
+    integrator_parameters: int
+    head_parameters: int
+    source_lora_parameters: int
+
+    def as_dict(self) -> dict[str, Any]:
+        one = max(self.source_lora_parameters, 1)
+        return {"integrator_parameters": self.integrator_parameters,
+                "head_parameters": self.head_parameters,
+                "source_lora_parameters": self.source_lora_parameters,
+                "integrators_over_one_adapter": round(self.integrator_parameters / one, 4),
+                "head_over_one_adapter": round(self.head_parameters / one, 4)}
+
+
+# ---- checking and building ---------------------------------------------------------------
+
+def check_sources(registry: Registry, sources: Sequence[str], target: str) -> list[AdapterVersion]:
+    """Resolve and check a composition's sources and target before any work starts."""
+    if len(sources) < 2:
+        raise ValidationError(f"X-Cross needs at least two source adapters, got {len(sources)}: "
+                              f"{', '.join(sources) or 'none'}")
+    versions = [resolve_adapter(registry, label) for label in sources]
+    if len({v.id for v in versions}) != len(versions):
+        raise ValidationError("the same source adapter is listed twice")
+    for version in versions:
+        if version.status == "head-only":
+            raise ValidationError(f"{version.label} is a head-only baseline, not a LoRA adapter")
+    bases = sorted({v.base_model.name for v in versions})
+    if len(bases) != 1:
+        raise ModelError("sources are on different base models: " + ", ".join(
+            f"{v.label} on {v.base_model.name}" for v in versions))
+    if not registry.domain_data(target).train:
+        raise ValidationError(f"target domain {target!r} has no training users")
+    return versions
+
+
+def _source_mode(versions: Sequence[AdapterVersion]) -> str:
+    modes = {v.training_config.get("scorer", {}).get("mode", "cross") for v in versions}
+    return modes.pop() if len(modes) == 1 else "cross"
+
+
+@contextlib.contextmanager
+def _source_folders(registry: Registry, versions: Sequence[AdapterVersion]) -> Iterator[list[Path]]:
+    """The stored source adapters written out (digest-checked) into staging folders."""
+    with registry.store.staging_folder("sources") as root:
+        yield [write_folder(registry, v.artifact_digest, root / f"source{i}")
+               for i, v in enumerate(versions)]
+
+
+class XCrossStates(torch.nn.Module):
+    """The multi-stream X-Cross encoder as a scorer encoder: the mixed final states."""
+
+    def __init__(self, xcross) -> None:
+        super().__init__()
+        self.xcross = xcross
+
+    def forward(self, input_ids, attention_mask):
+        return self.xcross(input_ids, attention_mask).hidden_state
+
+
+def build_scorer(registry: Registry, versions: Sequence[AdapterVersion], *, method: str = "xcross",
+                 mode: str | None = None, xcross_config: "XCrossConfig | None" = None) -> "Scorer":
+    """A fresh composed scorer over ``versions``; only integrators, mix and head train.
+
+    The head starts as the average of the sources' heads when they have the same
+    shape (each stream starts as its source model, and the mix as their average)."""
+    from peft import LoraConfig
+    from safetensors.torch import load_file
+
+    from .scorer import HEAD_FILE, LoraEncoder, Scorer, ScorerConfig, load_base_model
+    from .xcross import LoraSource, XCrossConfig, XCrossEncoder
+
+    if method not in METHODS:
+        raise ValidationError(f"unknown composition method {method!r}; use {' or '.join(METHODS)}")
+    model, tokenizer, info = load_base_model(versions[0].base_model.name)
+    first = versions[0].training_config.get("scorer", {})
+    config = ScorerConfig(**{**first, "mode": mode or _source_mode(versions),
+                             "target_modules": None}).resolve(info)
+    with _source_folders(registry, versions) as folders:
+        if method == "xcross":
+            sources = [LoraSource(load_file(str(f / PEFT_WEIGHTS)), LoraConfig.from_pretrained(str(f)),
+                                  name=v.label) for f, v in zip(folders, versions)]
+            encoder = XCrossStates(XCrossEncoder(model, sources, xcross_config or XCrossConfig()))
+        else:
+            encoder = LoraEncoder(_linear_merge(model, folders))
+        scorer = Scorer(encoder, tokenizer, config, info)
+        heads = [load_file(str(f / HEAD_FILE)) for f in folders if (f / HEAD_FILE).is_file()]
+    own = scorer.head.state_dict()
+    if len(heads) == len(versions) and all(h.keys() == own.keys() and
+                                           all(h[k].shape == own[k].shape for k in own) for h in heads):
+        scorer.head.load_state_dict({k: torch.stack([h[k] for h in heads]).mean(0) for k in own})
+    return scorer
+
+
+def _linear_merge(model, folders: Sequence[Path]):
+    """A PEFT model whose active adapter is the equal-weight merge of the sources (frozen)."""
+    from peft import PeftModel
+
+    peft_model = PeftModel.from_pretrained(model, str(folders[0]), adapter_name="source0")
+    for i, folder in enumerate(folders[1:], 1):
+        peft_model.load_adapter(str(folder), adapter_name=f"source{i}")
+    names = [f"source{i}" for i in range(len(folders))]
+    # "cat" stacks the factors, so the merged update is exactly the weighted sum of the
+    # sources' updates, whatever their ranks.
+    peft_model.add_weighted_adapter(names, [1.0 / len(names)] * len(names), "merged",
+                                    combination_type="cat")
+    peft_model.set_adapter("merged")
+    for name in names:
+        peft_model.delete_adapter(name)
+    peft_model.requires_grad_(False)
+    return peft_model
+
+
+def parameter_counts(scorer: "Scorer", versions: Sequence[AdapterVersion]) -> ParameterCounts:
+    head = sum(p.numel() for p in scorer.head.parameters() if p.requires_grad)
+    trainable = sum(p.numel() for p in scorer.parameters() if p.requires_grad)
+    return ParameterCounts(integrator_parameters=trainable - head, head_parameters=head,
+                           source_lora_parameters=int(versions[0].training_config["lora_parameters"]))
+
+
+# ---- composing ---------------------------------------------------------------------------
+
+def compose(registry: Registry, sources: Sequence[str], target: str, *, name: str | None = None,
+            method: str = "xcross", mode: str | None = None,
+            xcross_config: "XCrossConfig | None" = None,
+            training_config: "TrainingConfig | None" = None, template: str | None = None,
+            progress: "Callable[[TrainingProgress], None] | None" = None) -> Composition:
+    """Train a composition of ``sources`` for ``target`` and register it with its lineage."""
+    from safetensors.torch import save_file
+
+    from .training import TrainingConfig, train_scorer
+    from .xcross import XCrossConfig
+
+    name = validate_name(name or f"{target}-{'x' if method == 'xcross' else 'merge'}",
+                         "composition")
+    _check_free(registry, name)
+    versions = check_sources(registry, sources, target)
+    training_config = training_config or TrainingConfig()
+    xcross_config = xcross_config or XCrossConfig()
+    prompt = registry.domain_type(target).template(template)
+    scorer = build_scorer(registry, versions, method=method, mode=mode, xcross_config=xcross_config)
+    counts = parameter_counts(scorer, versions)
+    data = registry.domain_data(target)
+    with _signals_interrupt(), registry.store.staging_folder("compose") as folder:
+        result = train_scorer(scorer, data, prompt, training_config, progress=progress)
+        trained = {key: tensor.detach().float().cpu().contiguous()
+                   for key, tensor in scorer.trainable_state().items()}
+        save_file(trained, str(folder / TRAINED_FILE), metadata={"format": "pt"})
+        settings = {"method": method, "scorer": scorer.config.to_dict(),
+                    "base_model": scorer.base.to_dict(),
+                    "xcross": xcross_config.to_dict() if method == "xcross" else None,
+                    "template": prompt.key,
+                    "sources": [{"adapter": v.label, "digest": v.artifact_digest} for v in versions]}
+        (folder / SETTINGS_FILE).write_text(json.dumps(settings, indent=2, sort_keys=True) + "\n")
+        digest = store_folder(registry, folder, kind="xreg.composition.v1")
+        target_row = registry.domain(target)
+        with registry.session() as session:
+            _check_free(registry, name, session)
+            row = Composition(
+                name=name, target_domain_id=target_row.id, artifact_digest=digest,
+                integrator_config={"method": method, "mode": scorer.config.mode,
+                                   **({"xcross": xcross_config.to_dict()} if method == "xcross" else {}),
+                                   "parameters": counts.as_dict()},
+                training_config={"training": training_config.to_dict(), "template": prompt.key,
+                                 "validation": result.best_metrics, "best_epoch": result.best_epoch,
+                                 "train_users": result.train_users,
+                                 "seconds": round(result.seconds, 1)},
+                trainable_parameters=counts.integrator_parameters + counts.head_parameters,
+                data_fingerprint=target_row.data_fingerprint)
+            row.sources = [CompositionSource(position=i, adapter_version_id=v.id)
+                           for i, v in enumerate(versions)]
+            session.add(row)
+    return composition(registry, name)
+
+
+def _check_free(registry: Registry, name: str, session=None) -> None:
+    with contextlib.ExitStack() as stack:
+        session = session or stack.enter_context(registry.session())
+        if session.scalar(select(Composition.id).where(Composition.name == name)) is not None:
+            raise ConflictError(f"composition {name!r} already exists")
+        if session.scalar(select(Domain.id).where(Domain.name == name)) is not None:
+            raise ConflictError(f"{name!r} is a domain name; choose another composition name")
+
+
+def composition(registry: Registry, name: str) -> Composition:
+    with registry.session() as session:
+        row = session.scalar(
+            select(Composition).where(Composition.name == name).options(
+                selectinload(Composition.target_domain),
+                selectinload(Composition.sources).selectinload(CompositionSource.adapter)
+                .selectinload(AdapterVersion.domain),
+                selectinload(Composition.sources).selectinload(CompositionSource.adapter)
+                .selectinload(AdapterVersion.base_model)))
+    if row is None:
+        raise NotFoundError(f"unknown composition {name!r}")
+    return row
+
+
+def composition_exists(registry: Registry, name: str) -> bool:
+    with registry.session() as session:
+        return session.scalar(select(Composition.id).where(Composition.name == name)) is not None
+
+
+def compositions(registry: Registry) -> list[Composition]:
+    with registry.session() as session:
+        names = session.scalars(select(Composition.name).order_by(Composition.name)).all()
+    return [composition(registry, n) for n in names]
+
+
+def load_composition(registry: Registry, name: str) -> tuple["Scorer", Composition]:
+    """A registered composition, rebuilt from its stored sources and trained weights."""
+    from safetensors.torch import load_file
+
+    from .xcross import XCrossConfig
+
+    row = composition(registry, name)
+    versions = [source.adapter for source in row.sources]
+    config = row.integrator_config
+    with registry.store.staging_folder("load") as folder:
+        write_folder(registry, row.artifact_digest, folder, kind="xreg.composition.v1")
+        settings = json.loads((folder / SETTINGS_FILE).read_text())
+        for recorded, version in zip(settings["sources"], versions):
+            if recorded["digest"] != version.artifact_digest:
+                raise ModelError(f"composition {name!r} was trained on {recorded['adapter']} with "
+                                 f"digest {recorded['digest'][:12]}, the registry now has "
+                                 f"{version.artifact_digest[:12]}")
+        trained = load_file(str(folder / TRAINED_FILE))
+    scorer = build_scorer(registry, versions, method=config["method"], mode=config["mode"],
+                          xcross_config=XCrossConfig.from_dict(config["xcross"])
+                          if config.get("xcross") else None)
+    expected = set(scorer.trainable_state())
+    if set(trained) != expected:
+        raise ModelError(f"composition {name!r}: stored weights do not match its structure")
+    scorer.load_trainable_state(trained)
+    scorer.requires_grad_(False)
+    scorer.eval()
+    return scorer, row
+
+
+def as_dict(row: Composition) -> dict[str, Any]:
+    return {"name": row.name, "target": row.target_domain.name,
+            "sources": [{"adapter": s.adapter.label, "digest": s.adapter.artifact_digest,
+                         "base_model": s.adapter.base_model.name} for s in row.sources],
+            "method": row.integrator_config.get("method"), "mode": row.integrator_config.get("mode"),
+            "integrator_config": row.integrator_config, "training_config": row.training_config,
+            "trainable_parameters": row.trainable_parameters,
+            "parameters": row.integrator_config.get("parameters"),
+            "artifact_digest": row.artifact_digest, "data_fingerprint": row.data_fingerprint,
+            "created": row.created.isoformat()}

@@ -1,0 +1,228 @@
+"""Evaluation: rank the stored candidates of a domain with some scorer, summarise, record.
+
+Every subject (an adapter, a composition, a baseline) is evaluated through
+:func:`evaluate_scores`: it receives the same stored candidate set
+(:meth:`Registry.candidate_set`), so results on one domain are comparable user by
+user.  The per-user ranks are stored as an artifact beside the result row, which lets
+two results be compared with a paired bootstrap later.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import numpy as np
+import safetensors.numpy
+
+from .candidates import CandidateSet, exclusion_mask
+from .data import DomainData
+from .errors import ValidationError
+from .metrics import DEFAULT_KS, full_ranks, sampled_ranks, summarize
+from .registry import Registry
+from .schema import EvaluationResult
+
+# score(data, split, user_indices, candidate_matrix [U, C]) -> scores [U, C]
+ScoreFunction = Callable[[DomainData, str, Sequence[int], np.ndarray], np.ndarray]
+
+FULL_PROTOCOL_USERS_PER_CHUNK = 64
+
+
+@dataclass
+class Evaluation:
+    """A finished evaluation, as stored in the registry."""
+
+    subject_kind: str
+    subject_name: str
+    domain: str
+    protocol: str
+    split: str
+    num_users: int
+    metrics: dict[str, dict[str, float]]
+    candidates_digest: str | None
+    ranks_digest: str
+    data_fingerprint: str
+    extra: dict = field(default_factory=dict)
+
+    def as_dict(self) -> dict:
+        return {"subject_kind": self.subject_kind, "subject": self.subject_name,
+                "domain": self.domain, "protocol": self.protocol, "split": self.split,
+                "users": self.num_users, "metrics": self.metrics,
+                "candidates_digest": self.candidates_digest, "ranks_digest": self.ranks_digest,
+                "data_fingerprint": self.data_fingerprint, **self.extra}
+
+
+def choose_users(candidates: CandidateSet, max_users: int | None, seed: int) -> np.ndarray:
+    """Rows of the stored set to evaluate: all of them, or the first ``max_users`` of a
+    seeded permutation (so a smaller evaluation is a subset of a larger one)."""
+    rows = np.arange(len(candidates.users))
+    if max_users is None or max_users >= len(rows):
+        return rows
+    if max_users < 1:
+        raise ValidationError(f"--max-users must be at least 1, not {max_users}")
+    return np.sort(np.random.default_rng([seed, 7]).permutation(rows)[:max_users])
+
+
+def evaluate_scores(registry: Registry, domain: str, score: ScoreFunction, *, subject_kind: str,
+                    subject_name: str, protocol: str = "sampled", split: str = "test",
+                    max_users: int | None = None, seed: int = 0, ks: Sequence[int] = DEFAULT_KS,
+                    adapter_version_id: int | None = None, composition_id: int | None = None,
+                    extra: dict | None = None) -> Evaluation:
+    """Score ``domain``'s stored candidates with ``score`` and record the result."""
+    data = registry.domain_data(domain)
+    candidates, candidates_digest = registry.candidate_set(domain, split, protocol, seed)
+    rows = choose_users(candidates, max_users, seed)
+    users = candidates.users[rows]
+    if protocol == "full":
+        ranks = _full_catalogue_ranks(data, split, users, candidates.positives[rows], score)
+    else:
+        matrix = candidates.candidates[rows]
+        scores = np.asarray(score(data, split, users.tolist(), matrix), dtype=np.float64)
+        if scores.shape != matrix.shape:
+            raise ValidationError(f"scorer returned {scores.shape} scores for {matrix.shape} candidates")
+        ranks = sampled_ranks(scores)
+    summary = summarize(ranks, ks, seed=seed)
+    metrics = {name: {"mean": s.mean, "low": s.low, "high": s.high} for name, s in summary.items()}
+    ranks_digest = registry.store.put_bytes(safetensors.numpy.save(
+        {"users": users.astype(np.int64), "ranks": np.asarray(ranks, dtype=np.int64)}))
+    row = registry.domain(domain)
+    evaluation = Evaluation(subject_kind=subject_kind, subject_name=subject_name, domain=domain,
+                            protocol=protocol, split=split, num_users=int(len(users)),
+                            metrics=metrics, candidates_digest=candidates_digest,
+                            ranks_digest=ranks_digest, data_fingerprint=row.data_fingerprint,
+                            extra=extra or {})
+    with registry.session() as session:
+        session.add(EvaluationResult(
+            subject_kind=subject_kind, subject_name=subject_name,
+            adapter_version_id=adapter_version_id, composition_id=composition_id,
+            domain_id=row.id, protocol=protocol, split=split,
+            metrics={"summary": metrics, "ranks_digest": ranks_digest, "seed": seed, **(extra or {})},
+            num_users=int(len(users)), data_fingerprint=row.data_fingerprint,
+            candidates_digest=candidates_digest))
+    return evaluation
+
+
+def _full_catalogue_ranks(data: DomainData, split: str, users: np.ndarray, positives: np.ndarray,
+                          score: ScoreFunction) -> np.ndarray:
+    """Rank each positive against every catalogue item the user has not interacted with."""
+    catalogue = np.arange(len(data.items), dtype=np.int64)
+    ranks = []
+    for start in range(0, len(users), FULL_PROTOCOL_USERS_PER_CHUNK):
+        chunk = users[start:start + FULL_PROTOCOL_USERS_PER_CHUNK]
+        matrix = np.broadcast_to(catalogue, (len(chunk), len(catalogue)))
+        scores = np.asarray(score(data, split, chunk.tolist(), matrix), dtype=np.float64)
+        ranks.append(full_ranks(scores, positives[start:start + len(chunk)],
+                                exclude=exclusion_mask(data, split, chunk)))
+    return np.concatenate(ranks)
+
+
+def popularity_score(data: DomainData, split: str, users: Sequence[int],
+                     matrix: np.ndarray) -> np.ndarray:
+    """The popularity baseline: an item's score is its count in the training sequences."""
+    return np.asarray(data.popularity(), dtype=np.float64)[matrix]
+
+
+def evaluate_popularity(registry: Registry, domain: str, **options) -> Evaluation:
+    return evaluate_scores(registry, domain, popularity_score, subject_kind="baseline",
+                           subject_name=f"popularity:{domain}", **options)
+
+
+def results(registry: Registry, domain: str | None = None,
+            protocol: str | None = None) -> list[dict]:
+    """Stored evaluation rows, newest last, as JSON-ready dicts."""
+    from sqlalchemy import select
+
+    from .schema import Domain
+
+    with registry.session() as session:
+        query = (select(EvaluationResult, Domain.name).join(Domain)
+                 .order_by(EvaluationResult.id))
+        if domain is not None:
+            query = query.where(Domain.name == domain)
+        if protocol is not None:
+            query = query.where(EvaluationResult.protocol == protocol)
+        return [{"id": r.id, "subject_kind": r.subject_kind, "subject": r.subject_name,
+                 "domain": name, "protocol": r.protocol, "split": r.split, "users": r.num_users,
+                 "metrics": r.metrics.get("summary", {}),
+                 **{k: v for k, v in r.metrics.items() if k != "summary"},
+                 "data_fingerprint": r.data_fingerprint, "candidates_digest": r.candidates_digest,
+                 "created": r.created.isoformat()}
+                for r, name in session.execute(query)]
+
+
+def load_ranks(registry: Registry, digest: str) -> tuple[np.ndarray, np.ndarray]:
+    """(users, ranks) of a stored evaluation, for paired comparisons."""
+    tensors = safetensors.numpy.load(registry.store.get_bytes(digest))
+    return tensors["users"], tensors["ranks"]
+
+
+def scorer_score_function(scorer, template, batch_size: int = 64) -> ScoreFunction:
+    """Adapt a :class:`~xcross_registry.scorer.Scorer` to :data:`ScoreFunction`."""
+    from .training import score_candidates
+
+    def score(data: DomainData, split: str, users: Sequence[int], matrix: np.ndarray) -> np.ndarray:
+        return score_candidates(scorer, data, template, split, matrix, users, batch_size=batch_size)
+
+    return score
+
+
+def evaluate_adapter(registry: Registry, label: str, domain: str | None = None,
+                     batch_size: int = 64, **options) -> Evaluation:
+    """Evaluate a registered adapter version on its own domain, or zero-shot on another."""
+    from .adapters import load_scorer
+
+    scorer, version = load_scorer(registry, label)
+    domain = domain or version.domain.name
+    template = _template_for(registry, domain, version.training_config.get("template"))
+    kind = "baseline" if version.status == "head-only" or domain != version.domain.name else "adapter"
+    name = version.label if domain == version.domain.name else f"{version.label}:zero-shot"
+    if options.get("protocol") == "full" and scorer.config.mode != "dual":
+        raise ValidationError("the full-catalogue protocol needs a dual scorer; "
+                              f"{version.label} is a {scorer.config.mode} scorer")
+    return evaluate_scores(registry, domain, scorer_score_function(scorer, template, batch_size),
+                           subject_kind=kind, subject_name=name, adapter_version_id=version.id,
+                           extra={"trainable_parameters": version.trainable_parameters,
+                                  "mode": scorer.config.mode,
+                                  "fraction": version.training_config.get("training", {}).get("fraction")},
+                           **options)
+
+
+def _template_for(registry: Registry, domain: str, key: str | None):
+    """The template a model was trained with when the domain offers it, else the domain's default."""
+    domain_type = registry.domain_type(domain)
+    if key:
+        for template in domain_type.templates:
+            if template.key == key:
+                return template
+    return domain_type.default_template
+
+
+def evaluate_composition(registry: Registry, name: str, batch_size: int = 64,
+                         **options) -> Evaluation:
+    """Evaluate a registered composition on its target domain."""
+    from .composer import load_composition
+
+    scorer, row = load_composition(registry, name)
+    domain = row.target_domain.name
+    template = _template_for(registry, domain, row.training_config.get("template"))
+    if options.get("protocol") == "full" and scorer.config.mode != "dual":
+        raise ValidationError(f"the full-catalogue protocol needs a dual scorer; {name} is "
+                              f"a {scorer.config.mode} composition")
+    method = row.integrator_config.get("method", "xcross")
+    return evaluate_scores(registry, domain, scorer_score_function(scorer, template, batch_size),
+                           subject_kind="composition" if method == "xcross" else "baseline",
+                           subject_name=name, composition_id=row.id,
+                           extra={"trainable_parameters": row.trainable_parameters,
+                                  "mode": scorer.config.mode, "method": method,
+                                  "fraction": row.training_config.get("training", {}).get("fraction"),
+                                  "sources": [s.adapter.label for s in row.sources]},
+                           **options)
+
+
+def evaluate_named(registry: Registry, name: str, **options) -> Evaluation:
+    """A composition when ``name`` is one, else an adapter label."""
+    from .composer import composition_exists
+
+    if composition_exists(registry, name):
+        return evaluate_composition(registry, name, **options)
+    return evaluate_adapter(registry, name, **options)
