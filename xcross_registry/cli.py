@@ -79,7 +79,11 @@ def plugins(as_json: bool = JSON_OPTION) -> None:
 
 # Training options, shared by `add-domain --train` and `train-adapter`.
 EPOCHS = typer.Option(2, "--epochs", min=1)
-LR = typer.Option(5e-4, "--lr")
+LR = typer.Option(1e-4, "--lr", help="Learning rate of the LoRA weights.")
+HEAD_LR = typer.Option(1e-2, "--head-lr", help="Learning rate of the scorer head.")
+MAX_LENGTH = typer.Option(128, "--max-length", min=8, help="Token budget of a prompt.")
+VALID_USERS = typer.Option(200, "--valid-users", min=0, help="Validation users per epoch.")
+MAX_MINUTES = typer.Option(None, "--max-minutes", help="Wall-clock stop; the best epoch is kept.")
 BATCH_SIZE = typer.Option(16, "--batch-size", min=1)
 NEGATIVES = typer.Option(15, "--negatives", min=1, help="Sampled negatives per training example.")
 MAX_USERS = typer.Option(None, "--max-users", min=1, help="Cap on training users.")
@@ -91,17 +95,16 @@ BASE_MODEL = typer.Option(None, "--base-model", help="Transformers model name or
 BF16 = typer.Option(False, "--bf16", help="bf16 autocast (GPU).")
 
 
-def _train(registry, name: str, *, epochs: int, lr: float, batch_size: int, negatives: int,
-           max_users: int | None, fraction: float, seed: int, mode: str, base_model: str | None,
-           bf16: bool, head_only: bool, quiet: bool):
+def _train(registry, name: str, *, mode: str, max_length: int, base_model: str | None,
+           head_only: bool, quiet: bool, **training_options):
     from .adapters import train_adapter
     from .scorer import ScorerConfig
     from .training import TrainingConfig
 
-    training = TrainingConfig(epochs=epochs, lr=lr, batch_size=batch_size, negatives=negatives,
-                              max_users=max_users, fraction=fraction, seed=seed, bf16=bf16)
+    training = TrainingConfig(**training_options)
     with _training_progress(quiet) as progress:
-        return train_adapter(registry, name, scorer_config=ScorerConfig(mode=mode),
+        return train_adapter(registry, name,
+                             scorer_config=ScorerConfig(mode=mode, max_length=max_length),
                              training_config=training, base_model=base_model,
                              head_only=head_only, progress=progress)
 
@@ -150,10 +153,11 @@ def add_domain(
     description: str = typer.Option("", "--description"),
     adapter: Optional[str] = typer.Option(None, "--adapter", help="Import this PEFT LoRA folder as v1."),
     train: bool = typer.Option(False, "--train", help="Train a LoRA adapter right away."),
-    epochs: int = EPOCHS, lr: float = LR, batch_size: int = BATCH_SIZE, negatives: int = NEGATIVES,
-    max_users: Optional[int] = MAX_USERS, fraction: float = FRACTION, seed: int = SEED,
-    mode: str = MODE, base_model: Optional[str] = BASE_MODEL, bf16: bool = BF16,
-    as_json: bool = JSON_OPTION,
+    epochs: int = EPOCHS, lr: float = LR, head_lr: float = HEAD_LR, batch_size: int = BATCH_SIZE,
+    negatives: int = NEGATIVES, max_users: Optional[int] = MAX_USERS, fraction: float = FRACTION,
+    seed: int = SEED, valid_users: int = VALID_USERS, max_minutes: Optional[float] = MAX_MINUTES,
+    mode: str = MODE, max_length: int = MAX_LENGTH, base_model: Optional[str] = BASE_MODEL,
+    bf16: bool = BF16, as_json: bool = JSON_OPTION,
 ) -> None:
     """Register a domain after its plugin has loaded and validated the data."""
     from .registry import as_dict
@@ -170,9 +174,11 @@ def add_domain(
         registry.add_domain(name, plugin, data, description)
         if train:
             try:
-                _train(registry, name, epochs=epochs, lr=lr, batch_size=batch_size,
-                       negatives=negatives, max_users=max_users, fraction=fraction, seed=seed,
-                       mode=mode, base_model=base_model, bf16=bf16, head_only=False, quiet=as_json)
+                _train(registry, name, mode=mode, max_length=max_length, base_model=base_model,
+                       head_only=False, quiet=as_json, epochs=epochs, lr=lr, head_lr=head_lr,
+                       batch_size=batch_size, negatives=negatives, max_users=max_users,
+                       fraction=fraction, seed=seed, valid_users=valid_users,
+                       max_minutes=max_minutes, bf16=bf16)
             except BaseException:
                 registry.remove_domain(name, force=True)  # all or nothing
                 raise
@@ -187,9 +193,11 @@ def add_domain(
 @app.command("train-adapter")
 def train_adapter(
     name: str,
-    epochs: int = EPOCHS, lr: float = LR, batch_size: int = BATCH_SIZE, negatives: int = NEGATIVES,
-    max_users: Optional[int] = MAX_USERS, fraction: float = FRACTION, seed: int = SEED,
-    mode: str = MODE, base_model: Optional[str] = BASE_MODEL, bf16: bool = BF16,
+    epochs: int = EPOCHS, lr: float = LR, head_lr: float = HEAD_LR, batch_size: int = BATCH_SIZE,
+    negatives: int = NEGATIVES, max_users: Optional[int] = MAX_USERS, fraction: float = FRACTION,
+    seed: int = SEED, valid_users: int = VALID_USERS, max_minutes: Optional[float] = MAX_MINUTES,
+    mode: str = MODE, max_length: int = MAX_LENGTH, base_model: Optional[str] = BASE_MODEL,
+    bf16: bool = BF16,
     head_only: bool = typer.Option(False, "--head-only", help="Baseline: train only the head "
                                    "on the frozen base model."),
     as_json: bool = JSON_OPTION,
@@ -197,9 +205,11 @@ def train_adapter(
     """Train a LoRA adapter on a domain and register it as the next version."""
     from .registry import as_dict
 
-    version = _train(_registry(), name, epochs=epochs, lr=lr, batch_size=batch_size,
-                     negatives=negatives, max_users=max_users, fraction=fraction, seed=seed,
-                     mode=mode, base_model=base_model, bf16=bf16, head_only=head_only, quiet=as_json)
+    version = _train(_registry(), name, mode=mode, max_length=max_length, base_model=base_model,
+                     head_only=head_only, quiet=as_json, epochs=epochs, lr=lr, head_lr=head_lr,
+                     batch_size=batch_size, negatives=negatives, max_users=max_users,
+                     fraction=fraction, seed=seed, valid_users=valid_users,
+                     max_minutes=max_minutes, bf16=bf16)
     if as_json:
         _emit_json(as_dict(version))
     else:
@@ -256,9 +266,10 @@ def compose(
     mode: Optional[str] = typer.Option(None, "--mode", help="cross or dual (default: the sources')."),
     beta: float = typer.Option(1.0, "--beta"), gamma: float = typer.Option(1.0, "--gamma"),
     pooled: bool = typer.Option(False, "--pooled", help="Integration scalars per sequence, not per token."),
-    epochs: int = EPOCHS, lr: float = typer.Option(1e-3, "--lr"), batch_size: int = BATCH_SIZE,
-    negatives: int = NEGATIVES, max_users: Optional[int] = MAX_USERS, fraction: float = FRACTION,
-    seed: int = SEED, bf16: bool = BF16,
+    epochs: int = EPOCHS, lr: float = typer.Option(1e-3, "--lr", help="Learning rate of the integrators."),
+    head_lr: float = HEAD_LR, batch_size: int = BATCH_SIZE, negatives: int = NEGATIVES,
+    max_users: Optional[int] = MAX_USERS, fraction: float = FRACTION, seed: int = SEED,
+    valid_users: int = VALID_USERS, max_minutes: Optional[float] = MAX_MINUTES, bf16: bool = BF16,
     evaluate_after: bool = typer.Option(True, "--evaluate/--no-evaluate",
                                         help="Evaluate on the target test split afterwards."),
     as_json: bool = JSON_OPTION,
@@ -269,8 +280,9 @@ def compose(
     from .xcross import XCrossConfig
 
     registry = _registry()
-    training = TrainingConfig(epochs=epochs, lr=lr, batch_size=batch_size, negatives=negatives,
-                              max_users=max_users, fraction=fraction, seed=seed, bf16=bf16)
+    training = TrainingConfig(epochs=epochs, lr=lr, head_lr=head_lr, batch_size=batch_size,
+                              negatives=negatives, max_users=max_users, fraction=fraction,
+                              seed=seed, valid_users=valid_users, max_minutes=max_minutes, bf16=bf16)
     with _training_progress(as_json) as progress:
         row = composer.compose(registry, [s for s in sources.split(",") if s.strip()], target,
                                name=name, method=method, mode=mode, training_config=training,

@@ -127,6 +127,10 @@ def load_base_model(name_or_path: str | None = None, dtype: torch.dtype | None =
     :class:`ModelError` line, because the CLI shows it to a user who mistyped a name.
     """
     from transformers import AutoConfig, AutoModel, AutoTokenizer
+    from transformers.utils import logging as transformers_logging
+
+    # A library call, not a download: its per-tensor progress bar is noise on stderr.
+    transformers_logging.disable_progress_bar()
 
     name, path, local_only = resolve_base_model(name_or_path)
     kwargs: dict[str, Any] = {"local_files_only": True} if local_only else {}
@@ -200,7 +204,6 @@ class ScorerConfig:
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "ScorerConfig":
         return cls(**_checked_keys(cls, values, "scorer config"))
-
 
 
 class Encoder(Protocol):
@@ -448,7 +451,7 @@ class Scorer(nn.Module):
         if isinstance(self.encoder, LoraEncoder):
             self.encoder.save_pretrained(directory)
         head = {name: t.detach().float().cpu().contiguous() for name, t in self.head.state_dict().items()}
-        save_file(head, str(directory / HEAD_FILE), metadata={"format": "pt", "mode": self.config.mode})
+        save_file(head, str(directory / HEAD_FILE), metadata={"format": "pt"})
         document = {"scorer": self.config.to_dict(), "base_model": self.base.to_dict(),
                     "encoder": _encoder_kind(self.encoder)}
         (directory / CONFIG_FILE).write_text(json.dumps(document, indent=2, sort_keys=True) + "\n")

@@ -57,6 +57,9 @@ class TrainingConfig:
     when the scorer is dual (a cross prompt contains the history, so sharing saves
     nothing there and only narrows the negatives a step sees).
     The best epoch is chosen by validation NDCG@10, which is less noisy than Hit@1.
+    ``max_minutes`` is a wall-clock safety stop: the run ends after the step that
+    crosses it, validates, and keeps the best epoch (the schedule is still planned in
+    steps, so a run that is not stopped stays reproducible).
     """
 
     epochs: int = 2
@@ -77,6 +80,7 @@ class TrainingConfig:
     max_grad_norm: float = 1.0
     bf16: bool = False
     device: str = "auto"
+    max_minutes: float | None = None
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "negatives", "min_history", "valid_negatives"):
@@ -95,6 +99,8 @@ class TrainingConfig:
             raise ValidationError(f"learning rates must be positive, not {self.lr!r} / {self.head_lr!r}")
         if not 0.0 <= self.warmup_ratio < 1.0:
             raise ValidationError(f"warmup_ratio must be in [0, 1), not {self.warmup_ratio!r}")
+        if self.max_minutes is not None and not self.max_minutes > 0:
+            raise ValidationError(f"max_minutes must be positive, not {self.max_minutes!r}")
         if self.device not in DEVICES:
             raise ValidationError(f"device must be one of {', '.join(DEVICES)}, not {self.device!r}")
 
@@ -232,7 +238,9 @@ def train_scorer(scorer: Scorer, data: DomainData, template: PromptTemplate, con
                 eta = elapsed / steps_done * (total_steps - steps_done)
                 progress(TrainingProgress("train", epoch, config.epochs, step, len(batches),
                                           loss_sum / epoch_examples, rate, eta))
-            if should_stop is not None and should_stop():
+            out_of_time = (config.max_minutes is not None
+                           and time.perf_counter() - start > 60 * config.max_minutes)
+            if out_of_time or (should_stop is not None and should_stop()):
                 result.stopped = True
                 break
         seconds = time.perf_counter() - epoch_start
