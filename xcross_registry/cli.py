@@ -182,6 +182,8 @@ def add_domain(
             except BaseException:
                 registry.remove_domain(name, force=True)  # all or nothing
                 raise
+    if plot:
+        raise ValidationError(f"--plot draws a composition's integrators; {name} is a domain")
     document = as_dict(registry.domain(name))
     document["adapters"] = [as_dict(a) for a in registry.adapters(name)]
     if as_json:
@@ -338,6 +340,69 @@ def recommend(
 
 
 @app.command()
+def leaderboard(
+    domain: str,
+    protocol: Optional[str] = typer.Option(None, "--protocol", help="Only this protocol."),
+    plot: Optional[str] = typer.Option(None, "--plot", help="Also draw the boards to this PNG."),
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Every stored evaluation on a domain, side by side, one board per comparable group."""
+    from . import leaderboard as boards_module
+
+    boards = boards_module.leaderboard(_registry(), domain, protocol)
+    if plot and boards:
+        boards_module.plot(boards, plot)
+    if as_json:
+        _emit_json([board.as_dict() for board in boards])
+        return
+    if not boards:
+        print(f"no evaluations on {domain} yet")
+    for board in boards:
+        _table(f"{domain}: {board.protocol}, {board.split}, {board.rows[0]['users']} users, "
+               f"data {board.data_fingerprint[:12]}, candidates {str(board.candidates_digest)[:12]}",
+               ["subject", "kind", "trainable", "fraction", *boards_module.COLUMNS],
+               [[r["subject"], r["kind"], r["trainable_parameters"], r["fraction"],
+                 *(f"{r['metrics'][m]['mean']:.4f}" for m in boards_module.COLUMNS)]
+                for r in board.rows])
+
+
+@app.command()
+def demo(
+    home: Optional[str] = typer.Option(None, "--home", help="Folder for the demo registry "
+                                       "(default: $XREG_HOME/demo-N, a new one each run)."),
+    users: int = typer.Option(500, "--users", min=50, help="Users per synthetic domain."),
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Run the whole story offline: synthetic domains, source adapters, X-Cross, baselines."""
+    from pathlib import Path
+
+    from . import leaderboard as boards_module
+    from . import settings
+    from .demo import TARGET, DemoSettings, run_demo
+
+    if home is None:
+        number = 1
+        while (settings.home() / f"demo-{number}").exists():
+            number += 1
+        home = str(settings.home() / f"demo-{number}")
+    if Path(home).exists() and any(Path(home).iterdir()):
+        raise ValidationError(f"demo folder {home} is not empty")
+    say = (lambda message: None) if as_json else (lambda message: print(message, file=sys.stderr))
+    registry = run_demo(Path(home), DemoSettings(users=users), say=say)
+    boards = boards_module.leaderboard(registry, TARGET)
+    if as_json:
+        _emit_json({"home": home, "leaderboard": [b.as_dict() for b in boards]})
+        return
+    for board in boards:
+        _table(f"{TARGET} test split, {board.rows[0]['users']} users ({board.protocol})",
+               ["subject", "kind", "trainable", "fraction", *boards_module.COLUMNS],
+               [[r["subject"], r["kind"], r["trainable_parameters"], r["fraction"],
+                 *(f"{r['metrics'][m]['mean']:.4f}" for m in boards_module.COLUMNS)]
+                for r in board.rows])
+    print(f"demo registry: XREG_HOME={home}")
+
+
+@app.command()
 def export(name: str, directory: str) -> None:
     """Write an adapter version as a standard PEFT folder (plus head and model card)."""
     from .adapters import export_adapter
@@ -360,20 +425,27 @@ def domains(as_json: bool = JSON_OPTION) -> None:
 
 
 @app.command()
-def show(name: str, as_json: bool = JSON_OPTION) -> None:
+def show(name: str, plot: Optional[str] = typer.Option(
+             None, "--plot", help="Composition: draw its per-layer integration weights to this PNG."),
+         as_json: bool = JSON_OPTION) -> None:
     """Show a domain (data summary, adapters, dependents) or a composition (sources, parameters)."""
+    from . import composer
     from .registry import as_dict
 
     registry = _registry()
-    from . import composer
-
     if composer.composition_exists(registry, name):
         document = composer.as_dict(composer.composition(registry, name))
+        if plot:
+            summary = composer.integration_weights(registry, name)
+            composer.plot_integration(summary, plot)
+            document["integration"] = summary
         if as_json:
             _emit_json(document)
         else:
             _print_composition(document)
         return
+    if plot:
+        raise ValidationError(f"--plot draws a composition's integrators; {name} is a domain")
     document = as_dict(registry.domain(name))
     document["adapters"] = [as_dict(a) for a in registry.adapters(name)]
     document["used_by"] = registry.dependents(name)["compositions"]

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
@@ -290,3 +291,64 @@ def as_dict(row: Composition) -> dict[str, Any]:
             "parameters": row.integrator_config.get("parameters"),
             "artifact_digest": row.artifact_digest, "data_fingerprint": row.data_fingerprint,
             "created": row.created.isoformat()}
+
+
+def integration_weights(registry: Registry, name: str, users: int = 64) -> dict[str, Any]:
+    """What the trained integrators do, measured on target validation prompts.
+
+    Returns the sources and, per integrating layer, the mean integration scalar z for
+    each (stream, other stream, term): which source each stream leans on, layer by
+    layer (term β: take the other stream's state; term γ: move away from it)."""
+    scorer, row = load_composition(registry, name)
+    if row.integrator_config.get("method") != "xcross":
+        raise ValidationError(f"{name} is a {row.integrator_config.get('method')} baseline: "
+                              "it has no integrators")
+    data = registry.domain_data(row.target_domain.name)
+    template = registry.domain_type(row.target_domain.name).template(row.training_config.get("template"))
+    sequences = (data.valid or data.train)[:users]
+    prompts = [template.render([data.items[i] for i in s.history], data.items[s.target],
+                               scorer.tokenizer, scorer.config.max_length) for s in sequences]
+    inputs = scorer.tokenize(prompts)
+    weights = scorer.encoder.xcross.integration_weights(inputs["input_ids"], inputs["attention_mask"])
+    return {"name": name, "sources": [s.adapter.label for s in row.sources],
+            "mix": scorer.encoder.xcross.mix.detach().tolist(),
+            "layers": [{"layer": w.layer, "mean": _json_grid(w.mean), "mean_abs": _json_grid(w.mean_abs)}
+                       for w in weights]}
+
+
+def _json_grid(values) -> list:
+    """A tensor as nested lists with the (undefined) diagonal as None: JSON has no NaN."""
+    return [[[None if math.isnan(v) else v for v in pair] for pair in row] for row in values.tolist()]
+
+
+def plot_integration(summary: dict[str, Any], path: str | Path) -> Path:
+    """One heatmap per term: rows are (stream ← other stream), columns are layers."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    sources = summary["sources"]
+    pairs = [(m, k) for m in range(len(sources)) for k in range(len(sources)) if m != k]
+    layers = [entry["layer"] for entry in summary["layers"]]
+    figure, axes = plt.subplots(1, 2, figsize=(4 + 0.6 * len(layers) * 2, 1.5 + 0.45 * len(pairs)))
+    for term, (axis, title) in enumerate(zip(axes, ("β: take the other stream",
+                                                     "γ: move away from it"))):
+        grid = np.array([[entry["mean"][m][k][term] for entry in summary["layers"]] for m, k in pairs],
+                        dtype=float)
+        bound = max(float(np.nanmax(np.abs(grid))), 1e-12)
+        image = axis.imshow(grid, cmap="coolwarm", vmin=-bound, vmax=bound, aspect="auto")
+        axis.set_xticks(range(len(layers)), [str(layer) for layer in layers])
+        axis.set_yticks(range(len(pairs)), [f"{sources[m]} ← {sources[k]}" for m, k in pairs])
+        axis.set_xlabel("layer")
+        axis.set_title(title, fontsize=9)
+        figure.colorbar(image, ax=axis, shrink=0.8)
+    mix = ", ".join(f"{s} {w:.2f}" for s, w in zip(sources, summary["mix"]))
+    figure.suptitle(f"{summary['name']}: mean integration weight z per layer (final mix: {mix})",
+                    fontsize=10)
+    figure.tight_layout()
+    path = Path(path)
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path

@@ -1,0 +1,68 @@
+"""The end-to-end demo and the leaderboard it ends with (tiny model, seconds)."""
+
+from __future__ import annotations
+
+import pytest
+
+from xcross_registry.demo import DemoSettings, run_demo
+from xcross_registry.leaderboard import leaderboard, plot
+
+
+@pytest.fixture
+def demo_registry(tmp_path, tiny_base_model, xreg_home):
+    settings = DemoSettings(users=100, items=60, epochs=1, base_model=str(tiny_base_model))
+    messages: list[str] = []
+    registry = run_demo(tmp_path / "demo", settings, say=messages.append)
+    assert any("composing toys + sports -> tools" in m for m in messages)
+    return registry
+
+
+def test_demo_ends_with_one_comparable_board(demo_registry, tmp_path):
+    boards = leaderboard(demo_registry, "tools")
+    assert len(boards) == 1
+    board = boards[0]
+    assert {row["subject"] for row in board.rows} == {
+        "tools-x", "tools-merge", "tools@v1", "toys@v1:zero-shot", "sports@v1:zero-shot",
+        "popularity:tools"}
+    kinds = {row["subject"]: row["kind"] for row in board.rows}
+    assert kinds["tools-x"] == "composition" and kinds["tools@v1"] == "adapter"
+    assert kinds["popularity:tools"] == "baseline"
+    by_subject = {row["subject"]: row for row in board.rows}
+    assert by_subject["tools-x"]["fraction"] == 0.25 and by_subject["tools@v1"]["fraction"] == 0.25
+    assert by_subject["tools-x"]["trainable_parameters"] > 0
+    hits = [row["metrics"]["hit@1"]["mean"] for row in board.rows]
+    assert hits == sorted(hits, reverse=True)
+    png = plot(boards, tmp_path / "board.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_results_on_other_candidates_get_their_own_board(demo_registry):
+    from xcross_registry.evaluation import evaluate_popularity
+
+    evaluate_popularity(demo_registry, "tools", seed=1)  # other stored candidates
+    evaluate_popularity(demo_registry, "tools", protocol="sampled-pop")
+    boards = leaderboard(demo_registry, "tools")
+    assert len(boards) == 3
+    assert len({(b.protocol, b.candidates_digest) for b in boards}) == 3
+    assert [len(b.rows) for b in boards[:2]] == [1, 1]
+    assert len(leaderboard(demo_registry, "tools", protocol="sampled-pop")) == 1
+
+
+def test_leaderboard_cli_json_and_unknown_domain(xreg, demo_registry, monkeypatch, tmp_path):
+    monkeypatch.setenv("XREG_HOME", str(tmp_path / "demo"))
+    result = xreg("leaderboard", "tools", "--json", "--plot", str(tmp_path / "b.png"))
+    assert result.exit_code == 0, result.stderr
+    assert len(result.json()[0]["rows"]) == 6 and (tmp_path / "b.png").is_file()
+    missing = xreg("leaderboard", "nowhere")
+    assert missing.exit_code == 1 and "unknown domain 'nowhere'" in missing.stderr
+
+
+def test_integration_weights_plot(demo_registry, tmp_path):
+    from xcross_registry.composer import integration_weights, plot_integration
+
+    summary = integration_weights(demo_registry, "tools-x")
+    assert summary["sources"] == ["toys@v1", "sports@v1"]
+    assert [entry["layer"] for entry in summary["layers"]] == [0, 1]
+    assert len(summary["layers"][0]["mean"]) == 2  # [n][n][2], NaN on the diagonal
+    png = plot_integration(summary, tmp_path / "integration.png")
+    assert png.read_bytes()[:4] == b"\x89PNG"

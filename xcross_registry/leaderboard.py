@@ -1,0 +1,86 @@
+"""The leaderboard: every stored evaluation on a domain, side by side.
+
+Rows are grouped by what makes numbers comparable: the data fingerprint, split,
+protocol and stored candidate set.  Results from different groups are never merged
+into one table; each group is its own board, so a number measured on other candidates
+or other data cannot sit silently beside the rest.  Within a group the latest result
+of each subject is shown.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .evaluation import results
+from .registry import Registry
+
+COLUMNS = ("hit@1", "hit@3", "hit@10", "ndcg@10", "mrr")
+
+
+@dataclass
+class Board:
+    """Comparable results: one data fingerprint, split, protocol and candidate set."""
+
+    domain: str
+    protocol: str
+    split: str
+    data_fingerprint: str
+    candidates_digest: str | None
+    rows: list[dict] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return {"domain": self.domain, "protocol": self.protocol, "split": self.split,
+                "data_fingerprint": self.data_fingerprint,
+                "candidates_digest": self.candidates_digest, "rows": self.rows}
+
+
+def leaderboard(registry: Registry, domain: str, protocol: str | None = None) -> list[Board]:
+    """Boards for ``domain`` (newest group first), rows sorted by Hit@1 then NDCG@10."""
+    registry.domain(domain)  # unknown domains are an error, not an empty board
+    boards: dict[tuple, Board] = {}
+    for row in results(registry, domain, protocol):
+        key = (row["protocol"], row["split"], row["data_fingerprint"], row["candidates_digest"],
+               row["users"])
+        board = boards.setdefault(key, Board(domain, row["protocol"], row["split"],
+                                             row["data_fingerprint"], row["candidates_digest"]))
+        entry = {"subject": row["subject"], "kind": row["subject_kind"], "users": row["users"],
+                 "trainable_parameters": row.get("trainable_parameters", 0),
+                 "fraction": row.get("fraction"), "mode": row.get("mode"),
+                 "method": row.get("method"), "sources": row.get("sources"),
+                 "metrics": {name: row["metrics"][name] for name in COLUMNS if name in row["metrics"]},
+                 "evaluation_id": row["id"], "created": row["created"]}
+        board.rows = [r for r in board.rows if r["subject"] != entry["subject"]] + [entry]
+    ordered = sorted(boards.values(), key=lambda b: -max(r["evaluation_id"] for r in b.rows))
+    for board in ordered:
+        board.rows.sort(key=lambda r: (-r["metrics"]["hit@1"]["mean"], -r["metrics"]["ndcg@10"]["mean"]))
+    return ordered
+
+
+def plot(boards: list[Board], path: str | Path) -> Path:
+    """A bar chart per board: Hit@1 and NDCG@10 with their 95% intervals."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(len(boards), 1, figsize=(10, 1.2 + 0.45 * sum(len(b.rows) for b in boards)),
+                                squeeze=False)
+    for axis, board in zip(axes[:, 0], boards):
+        labels = [r["subject"] for r in board.rows][::-1]
+        for offset, metric in ((-0.2, "hit@1"), (0.2, "ndcg@10")):
+            values = [r["metrics"][metric] for r in board.rows][::-1]
+            means = [v["mean"] for v in values]
+            errors = [[v["mean"] - v["low"] for v in values], [v["high"] - v["mean"] for v in values]]
+            axis.barh([i + offset for i in range(len(labels))], means, height=0.4, xerr=errors,
+                      label=metric, capsize=2)
+        axis.set_yticks(range(len(labels)), labels)
+        axis.set_title(f"{board.domain}: {board.protocol} protocol, {board.split} split, "
+                       f"{board.rows[0]['users']} users, data {board.data_fingerprint[:8]}, "
+                       f"candidates {str(board.candidates_digest)[:8]}", fontsize=9)
+        axis.legend(loc="lower right")
+    figure.tight_layout()
+    path = Path(path)
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path
