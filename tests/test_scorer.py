@@ -59,7 +59,7 @@ def perturb(scorer: Scorer) -> None:
     """LoRA B and the dual prior start at zero; make them matter so losing one is noticed."""
     with torch.no_grad():
         for name, param in scorer.named_parameters():
-            if "lora_B" in name or name == "head.prior":
+            if "lora_B" in name or name in ("head.prior", "head.out.weight"):
                 param.normal_(0, 0.5)
 
 
@@ -240,3 +240,30 @@ def test_decoder_scorer_uses_last_token(tmp_path):
     scorer.eval()
     with torch.no_grad():
         assert scorer.score(*batch(), DEFAULT_TEMPLATE).shape == (3, 3)
+
+
+def test_cross_prompt_masks_split_candidate_from_history(tiny_base):
+    scorer = make_scorer(tiny_base, "cross")
+    history = [Item("a", "red kite"), Item("b", "blue robot")]
+    candidate = Item("c", "green train set")
+    inputs = scorer.prepare([history], [[candidate]], DEFAULT_TEMPLATE)
+    tokens = scorer.tokenizer.convert_ids_to_tokens(inputs["input_ids"][0])
+    picked = [t for t, m in zip(tokens, inputs["candidate_mask"][0]) if m]
+    assert picked == scorer.tokenizer.tokenize("green train set")
+    rest = [t for t, m in zip(tokens, inputs["history_mask"][0]) if m]
+    assert "red" in rest and "green" not in rest and "[CLS]" not in rest
+
+
+def test_fresh_cross_head_scores_the_history_candidate_cosine(tiny_base):
+    scorer = make_scorer(tiny_base, "cross")
+    scorer.eval()
+    history = [Item("a", "red kite"), Item("b", "blue robot")]
+    candidates = [Item("c", "green train set"), Item("d", "red kite string")]
+    inputs = scorer.prepare([history], [candidates], DEFAULT_TEMPLATE)
+    with torch.no_grad():
+        scores = scorer(**inputs)[0]
+        hidden = scorer.encoder(inputs["input_ids"], inputs["attention_mask"])
+        expected = [scorer.config.scale * torch.cosine_similarity(
+            pool(hidden[i:i + 1], inputs["history_mask"][i:i + 1], "mean"),
+            pool(hidden[i:i + 1], inputs["candidate_mask"][i:i + 1], "mean")).item() for i in range(2)]
+    assert torch.allclose(scores, torch.tensor(expected), atol=1e-5)

@@ -83,6 +83,8 @@ LR = typer.Option(1e-4, "--lr", help="Learning rate of the LoRA weights.")
 HEAD_LR = typer.Option(1e-2, "--head-lr", help="Learning rate of the scorer head.")
 MAX_LENGTH = typer.Option(128, "--max-length", min=8, help="Token budget of a prompt.")
 VALID_USERS = typer.Option(200, "--valid-users", min=0, help="Validation users per epoch.")
+PREFIXES = typer.Option(0, "--prefixes-per-user", min=0,
+                        help="Training examples per user and epoch (0: every prefix).")
 MAX_MINUTES = typer.Option(None, "--max-minutes", help="Wall-clock stop; the best epoch is kept.")
 BATCH_SIZE = typer.Option(16, "--batch-size", min=1)
 NEGATIVES = typer.Option(15, "--negatives", min=1, help="Sampled negatives per training example.")
@@ -156,6 +158,7 @@ def add_domain(
     epochs: int = EPOCHS, lr: float = LR, head_lr: float = HEAD_LR, batch_size: int = BATCH_SIZE,
     negatives: int = NEGATIVES, max_users: Optional[int] = MAX_USERS, fraction: float = FRACTION,
     seed: int = SEED, valid_users: int = VALID_USERS, max_minutes: Optional[float] = MAX_MINUTES,
+    prefixes_per_user: int = PREFIXES,
     mode: str = MODE, max_length: int = MAX_LENGTH, base_model: Optional[str] = BASE_MODEL,
     bf16: bool = BF16, as_json: bool = JSON_OPTION,
 ) -> None:
@@ -178,7 +181,7 @@ def add_domain(
                        head_only=False, quiet=as_json, epochs=epochs, lr=lr, head_lr=head_lr,
                        batch_size=batch_size, negatives=negatives, max_users=max_users,
                        fraction=fraction, seed=seed, valid_users=valid_users,
-                       max_minutes=max_minutes, bf16=bf16)
+                       max_minutes=max_minutes, prefixes_per_user=prefixes_per_user, bf16=bf16)
             except BaseException:
                 registry.remove_domain(name, force=True)  # all or nothing
                 raise
@@ -198,6 +201,7 @@ def train_adapter(
     epochs: int = EPOCHS, lr: float = LR, head_lr: float = HEAD_LR, batch_size: int = BATCH_SIZE,
     negatives: int = NEGATIVES, max_users: Optional[int] = MAX_USERS, fraction: float = FRACTION,
     seed: int = SEED, valid_users: int = VALID_USERS, max_minutes: Optional[float] = MAX_MINUTES,
+    prefixes_per_user: int = PREFIXES,
     mode: str = MODE, max_length: int = MAX_LENGTH, base_model: Optional[str] = BASE_MODEL,
     bf16: bool = BF16,
     head_only: bool = typer.Option(False, "--head-only", help="Baseline: train only the head "
@@ -211,7 +215,7 @@ def train_adapter(
                      head_only=head_only, quiet=as_json, epochs=epochs, lr=lr, head_lr=head_lr,
                      batch_size=batch_size, negatives=negatives, max_users=max_users,
                      fraction=fraction, seed=seed, valid_users=valid_users,
-                     max_minutes=max_minutes, bf16=bf16)
+                     max_minutes=max_minutes, prefixes_per_user=prefixes_per_user, bf16=bf16)
     if as_json:
         _emit_json(as_dict(version))
     else:
@@ -271,7 +275,8 @@ def compose(
     epochs: int = EPOCHS, lr: float = typer.Option(1e-3, "--lr", help="Learning rate of the integrators."),
     head_lr: float = HEAD_LR, batch_size: int = BATCH_SIZE, negatives: int = NEGATIVES,
     max_users: Optional[int] = MAX_USERS, fraction: float = FRACTION, seed: int = SEED,
-    valid_users: int = VALID_USERS, max_minutes: Optional[float] = MAX_MINUTES, bf16: bool = BF16,
+    valid_users: int = VALID_USERS, max_minutes: Optional[float] = MAX_MINUTES,
+    prefixes_per_user: int = PREFIXES, bf16: bool = BF16,
     evaluate_after: bool = typer.Option(True, "--evaluate/--no-evaluate",
                                         help="Evaluate on the target test split afterwards."),
     as_json: bool = JSON_OPTION,
@@ -284,7 +289,8 @@ def compose(
     registry = _registry()
     training = TrainingConfig(epochs=epochs, lr=lr, head_lr=head_lr, batch_size=batch_size,
                               negatives=negatives, max_users=max_users, fraction=fraction,
-                              seed=seed, valid_users=valid_users, max_minutes=max_minutes, bf16=bf16)
+                              seed=seed, valid_users=valid_users, max_minutes=max_minutes,
+                              prefixes_per_user=prefixes_per_user, bf16=bf16)
     with _training_progress(as_json) as progress:
         row = composer.compose(registry, [s for s in sources.split(",") if s.strip()], target,
                                name=name, method=method, mode=mode, training_config=training,

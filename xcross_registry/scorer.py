@@ -3,7 +3,9 @@
 Two modes share one adapted model:
 
 * ``cross`` (the X-Cross paper's): the prompt (history, candidate) is encoded as one
-  text, pooled, and a dense + GELU + linear head turns the pooled state into a score.
+  text, pooled, and a dense + GELU + linear head turns the pooled state into a score,
+  to which :class:`CrossHead` adds a cosine between the history's and the candidate's
+  tokens of the same pass and a learned prior (so it starts from a sensible ranking).
   Every candidate costs a full forward pass over the history, so it is the accurate,
   expensive re-ranker.
 * ``dual``: the history prompt and the item document are encoded separately, pooled,
@@ -263,15 +265,34 @@ def pool(hidden: Tensor, attention_mask: Tensor, method: str) -> Tensor:
 
 
 class CrossHead(nn.Module):
-    """Pooled prompt state → dense → GELU → linear → one score (the paper's head)."""
+    """The paper's head, pooled prompt state → dense → GELU → linear, plus two skip terms
+    read off the same joint pass: a scaled cosine between the mean states of the
+    history's and the candidate's tokens, and a learned prior on the candidate's state.
 
-    def __init__(self, hidden_size: int, head_hidden_size: int) -> None:
+    Why: a freshly initialised MLP ranks at chance, and on CPU budgets a cross scorer
+    sees only a few thousand examples; the skip terms start it from the base model's
+    own notion of "similar to what this user bought" (the output layer starts at zero,
+    so at step 0 the score is exactly the cosine), and the MLP learns what that misses.
+    """
+
+    def __init__(self, hidden_size: int, head_hidden_size: int, scale: float, learnable: bool) -> None:
         super().__init__()
         self.dense = nn.Linear(hidden_size, head_hidden_size)
         self.out = nn.Linear(head_hidden_size, 1)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+        self.log_scale = nn.Parameter(torch.tensor(math.log(scale)), requires_grad=learnable)
+        self.prior = nn.Parameter(torch.zeros(hidden_size))
 
-    def forward(self, pooled: Tensor) -> Tensor:
-        return self.out(nn.functional.gelu(self.dense(pooled))).squeeze(-1)
+    @property
+    def scale(self) -> Tensor:
+        return self.log_scale.exp().clamp(max=_MAX_SCALE)
+
+    def forward(self, pooled: Tensor, history: Tensor, candidate: Tensor) -> Tensor:
+        history = nn.functional.normalize(history, dim=-1)
+        candidate = nn.functional.normalize(candidate, dim=-1)
+        mlp = self.out(nn.functional.gelu(self.dense(pooled))).squeeze(-1)
+        return mlp + self.scale * (history * candidate).sum(-1) + candidate @ self.prior
 
 
 class DualHead(nn.Module):
@@ -318,7 +339,8 @@ class Scorer(nn.Module):
         self.tokenizer = tokenizer
         self.config = config
         self.base = base
-        self.head: nn.Module = (CrossHead(base.hidden_size, config.head_hidden_size) if config.mode == "cross"
+        self.head: nn.Module = (CrossHead(base.hidden_size, config.head_hidden_size, config.scale,
+                                          config.learn_scale) if config.mode == "cross"
                                 else DualHead(config.scale, config.learn_scale, base.hidden_size))
 
     @classmethod
@@ -344,10 +366,22 @@ class Scorer(nn.Module):
     def device(self) -> torch.device:
         return next(self.parameters()).device
 
-    def tokenize(self, texts: Sequence[str]) -> dict[str, Tensor]:
+    def tokenize(self, texts: Sequence[str],
+                 spans: Sequence[tuple[int, int]] | None = None) -> dict[str, Tensor]:
+        """Token ids and mask; with the candidates' character ``spans`` also the masks of
+        the candidate's tokens and of the other content tokens (the history side)."""
         encoded = self.tokenizer(list(texts), padding=True, truncation=True,
-                                 max_length=self.config.max_length, return_tensors="pt")
-        return {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]}
+                                 max_length=self.config.max_length, return_tensors="pt",
+                                 return_offsets_mapping=spans is not None)
+        inputs = {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]}
+        if spans is not None:
+            offsets = encoded["offset_mapping"]
+            span = torch.tensor(spans, dtype=offsets.dtype).unsqueeze(1)
+            content = (offsets[..., 1] > offsets[..., 0]) & encoded["attention_mask"].bool()
+            candidate = content & (offsets[..., 0] >= span[..., 0]) & (offsets[..., 1] <= span[..., 1])
+            inputs["candidate_mask"] = candidate
+            inputs["history_mask"] = content & ~candidate
+        return inputs
 
     def embed(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
         """Pooled encoder states ``[B, H]`` in float32 (the head always runs in float32);
@@ -358,7 +392,8 @@ class Scorer(nn.Module):
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor, num_candidates: int,
                 doc_input_ids: Tensor | None = None, doc_attention_mask: Tensor | None = None,
-                doc_index: Tensor | None = None) -> Tensor:
+                doc_index: Tensor | None = None, candidate_mask: Tensor | None = None,
+                history_mask: Tensor | None = None) -> Tensor:
         """Scores ``[B, num_candidates]``.
 
         ``cross``: ``input_ids`` holds the B×C prompts, query-major.  ``dual``:
@@ -367,7 +402,13 @@ class Scorer(nn.Module):
         by several rows (a batch's shared negatives) is encoded once.
         """
         if self.config.mode == "cross":
-            return self.head(self.embed(input_ids, attention_mask)).view(-1, num_candidates)
+            if candidate_mask is None or history_mask is None:
+                raise ValidationError("a cross scorer needs the candidate and history token masks")
+            hidden = self.encoder(input_ids, attention_mask)
+            pooled = pool(hidden, attention_mask, self.config.pooling).float()
+            history = pool(hidden, history_mask, "mean").float()
+            candidate = pool(hidden, candidate_mask, "mean").float()
+            return self.head(pooled, history, candidate).view(-1, num_candidates)
         if doc_input_ids is None or doc_attention_mask is None or doc_index is None:
             raise ValidationError("a dual scorer needs document tensors")
         queries = self.embed(input_ids, attention_mask)
@@ -386,9 +427,10 @@ class Scorer(nn.Module):
             raise ValidationError("every history needs the same, non-zero number of candidates")
         budget = self.config.max_length
         if self.config.mode == "cross":
-            prompts = [template.render(history, item, self.tokenizer, budget)
-                       for history, row in zip(histories, candidates) for item in row]
-            return {**self.tokenize(prompts), "num_candidates": width}
+            rendered = [template.render_with_span(history, item, self.tokenizer, budget)
+                        for history, row in zip(histories, candidates) for item in row]
+            texts, spans = zip(*rendered)
+            return {**self.tokenize(texts, spans), "num_candidates": width}
         queries = self.tokenize([template.render_query(h, self.tokenizer, budget) for h in histories])
         texts: dict[str, int] = {}
         index = [[texts.setdefault(template.render_document(item), len(texts)) for item in row] for row in candidates]
@@ -487,8 +529,7 @@ class Scorer(nn.Module):
         scorer = cls(encoder, tokenizer, config, info)
         scorer.load_head(directory)
         scorer.head.requires_grad_(is_trainable)
-        if isinstance(scorer.head, DualHead):
-            scorer.head.log_scale.requires_grad_(is_trainable and config.learn_scale)
+        scorer.head.log_scale.requires_grad_(is_trainable and config.learn_scale)
         return scorer
 
     def load_head(self, directory: str | os.PathLike) -> None:

@@ -44,32 +44,46 @@ class PromptTemplate:
     def render(self, history: Sequence["Item"], candidate: "Item", tokenizer: Any = None,
                max_length: int | None = None) -> str:
         """The cross prompt for ``candidate`` after ``history`` (oldest first)."""
-        return self._fit(self.cross, history, self.item_text(candidate), tokenizer, max_length)
+        return self.render_with_span(history, candidate, tokenizer, max_length)[0]
+
+    def render_with_span(self, history: Sequence["Item"], candidate: "Item", tokenizer: Any = None,
+                         max_length: int | None = None) -> tuple[str, tuple[int, int]]:
+        """The cross prompt and the character span of the candidate inside it, so a
+        scorer can pool the candidate's tokens apart from the history's."""
+        candidate_text = self.item_text(candidate)
+        joined = self._fit(self.cross, history, candidate_text, tokenizer, max_length)
+        before, after = self.cross.split("{candidate}", 1)
+        prefix = before.format(history=joined)
+        return prefix + candidate_text + after.format(history=joined), (
+            len(prefix), len(prefix) + len(candidate_text))
 
     def render_query(self, history: Sequence["Item"], tokenizer: Any = None,
                      max_length: int | None = None) -> str:
         """The history-only prompt of the dual scorer."""
-        return self._fit(self.query, history, "", tokenizer, max_length)
+        joined = self._fit(self.query, history, "", tokenizer, max_length)
+        return self.query.format(history=joined, candidate="")
 
     def render_document(self, item: "Item") -> str:
         return self.document.format(candidate=self.item_text(item))
 
     def _fit(self, layout: str, history: Sequence["Item"], candidate: str, tokenizer: Any,
              max_length: int | None) -> str:
+        """The joined history: the most recent items whose prompt fits ``max_length``
+        tokens (all of them without a tokenizer)."""
         parts = [self.item_text(item) for item in history]
 
-        def text(keep: int) -> str:
-            kept = parts[len(parts) - keep:] if keep else []
-            return layout.format(history=self.separator.join(kept), candidate=candidate)
+        def joined(keep: int) -> str:
+            return self.separator.join(parts[len(parts) - keep:] if keep else [])
 
         if tokenizer is None or max_length is None:
-            return text(len(parts))
+            return joined(len(parts))
 
         def length(keep: int) -> int:
-            return len(tokenizer(text(keep), add_special_tokens=True)["input_ids"])
+            text = layout.format(history=joined(keep), candidate=candidate)
+            return len(tokenizer(text, add_special_tokens=True)["input_ids"])
 
         if length(len(parts)) <= max_length:
-            return text(len(parts))
+            return joined(len(parts))
         # Binary search for the most recent items that fit: length grows with `keep`.
         low, high = 0, len(parts)
         while low < high:
@@ -78,7 +92,7 @@ class PromptTemplate:
                 low = middle
             else:
                 high = middle - 1
-        return text(low)
+        return joined(low)
 
 
 class _Blank(dict):
