@@ -153,3 +153,28 @@ def test_recommend_ranks_candidates_and_the_catalogue(xreg, sources, tmp_path):
     assert len(given) == 5 and "A brand new thing" in {r["title"] for r in given}
     cross_whole = xreg("recommend", "kitchen-x", "--history", history)
     assert cross_whole.exit_code == 1 and "needs a dual model" in cross_whole.stderr
+
+
+@pytest.mark.parametrize("mode", ["cross", "dual"])
+def test_only_integrators_mix_and_head_get_gradients(xreg, sources, mode):
+    from xcross_registry.adapters import resolve_adapter
+    from xcross_registry.composer import build_scorer
+
+    registry = Registry()
+    versions = [resolve_adapter(registry, label) for label in ("toys", "tools")]
+    scorer = build_scorer(registry, versions, mode=mode)
+    data = registry.domain_data("kitchen")
+    template = registry.domain_type("kitchen").default_template
+    histories = [[data.items[i] for i in s.history] for s in data.train[:4]]
+    candidates = [[data.items[j] for j in range(k, k + 3)] for k in range(4)]
+    scorer.train()
+    scorer.score(histories, candidates, template).logsumexp(-1).sum().backward()
+    with_grad = {name for name, p in scorer.named_parameters() if p.grad is not None}
+    assert with_grad, "nothing received a gradient"
+    assert all(name.startswith(("encoder.xcross.integrators.", "encoder.xcross.mix", "head."))
+               for name in with_grad), sorted(with_grad)
+    assert any(".integrators." in name for name in with_grad)
+    assert "encoder.xcross.mix" in with_grad
+    assert not any(p.grad is not None for p in scorer.encoder.xcross.base.parameters())
+    distinct_base = {p.untyped_storage().data_ptr() for p in scorer.encoder.xcross.base.parameters()}
+    assert len(distinct_base) == len(list(scorer.encoder.xcross.base.parameters()))

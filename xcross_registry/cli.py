@@ -185,8 +185,6 @@ def add_domain(
             except BaseException:
                 registry.remove_domain(name, force=True)  # all or nothing
                 raise
-    if plot:
-        raise ValidationError(f"--plot draws a composition's integrators; {name} is a domain")
     document = as_dict(registry.domain(name))
     document["adapters"] = [as_dict(a) for a in registry.adapters(name)]
     if as_json:
