@@ -160,6 +160,12 @@ def tiny_base_model(tmp_path_factory) -> Path:
     return folder
 
 
+@pytest.fixture(scope="session")
+def tiny_base(tiny_base_model) -> str:
+    """The tiny base model's path as the string a user would type."""
+    return str(tiny_base_model)
+
+
 @pytest.fixture
 def synthetic_domains(xreg):
     """Two small synthetic domains registered: ``toys`` and ``tools``."""

