@@ -66,3 +66,20 @@ def test_integration_weights_plot(demo_registry, tmp_path):
     assert len(summary["layers"][0]["mean"]) == 2  # [n][n][2], NaN on the diagonal
     png = plot_integration(summary, tmp_path / "integration.png")
     assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_paired_compare_of_two_subjects(demo_registry):
+    from xcross_registry.errors import ValidationError
+    from xcross_registry.evaluation import compare, evaluate_popularity
+
+    document = compare(demo_registry, "tools", "tools-x", "popularity:tools")
+    assert document["users"] > 0
+    hit = document["differences"]["hit@1"]
+    assert hit["low"] <= hit["difference"] <= hit["high"]
+    same = compare(demo_registry, "tools", "tools-x", "tools-x")
+    assert same["differences"]["mrr"] == {"difference": 0.0, "low": 0.0, "high": 0.0}
+    evaluate_popularity(demo_registry, "tools", seed=3)  # now on other candidates
+    with pytest.raises(ValidationError, match="different candidates"):
+        compare(demo_registry, "tools", "tools-x", "popularity:tools")
+    with pytest.raises(ValidationError, match="no sampled evaluation of 'nobody'"):
+        compare(demo_registry, "tools", "tools-x", "nobody")

@@ -407,6 +407,27 @@ def demo(
 
 
 @app.command()
+def compare(
+    domain: str, first: str, second: str,
+    protocol: str = typer.Option("sampled", "--protocol"),
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Paired bootstrap of FIRST minus SECOND on the same stored candidates of DOMAIN."""
+    from .evaluation import compare as compare_results
+
+    document = compare_results(_registry(), domain, first, second, protocol)
+    if as_json:
+        _emit_json(document)
+        return
+    _table(f"{first} − {second} on {domain} ({protocol}, {document['users']} users, paired)",
+           ["metric", "difference", "95% interval", "verdict"],
+           [[name, f"{d['difference']:+.4f}", f"[{d['low']:+.4f}, {d['high']:+.4f}]",
+             "better" if d["low"] > 0 else "worse" if d["high"] < 0 else "no clear difference"]
+            for name, d in document["differences"].items()
+            if name in ("hit@1", "hit@3", "hit@10", "ndcg@10", "mrr")])
+
+
+@app.command()
 def export(name: str, directory: str) -> None:
     """Write an adapter version as a standard PEFT folder (plus head and model card)."""
     from .adapters import export_adapter

@@ -226,3 +226,39 @@ def evaluate_named(registry: Registry, name: str, **options) -> Evaluation:
     if composition_exists(registry, name):
         return evaluate_composition(registry, name, **options)
     return evaluate_adapter(registry, name, **options)
+
+
+def compare(registry: Registry, domain: str, first: str, second: str,
+            protocol: str = "sampled", seed: int = 0) -> dict:
+    """Paired comparison of two subjects' latest results on the same stored candidates.
+
+    The difference of each per-user metric is resampled over users (paired bootstrap),
+    which is far tighter than comparing two separate intervals; results on different
+    candidates, data or users are refused rather than compared."""
+    from .metrics import bootstrap_interval, per_user_metrics
+
+    latest: dict[str, dict] = {}
+    for row in results(registry, domain, protocol):
+        if row["subject"] in (first, second):
+            latest[row["subject"]] = row
+    for subject in (first, second):
+        if subject not in latest:
+            raise ValidationError(f"no {protocol} evaluation of {subject!r} on {domain!r}")
+    a, b = latest[first], latest[second]
+    if (a["candidates_digest"], a["data_fingerprint"], a["split"]) != \
+            (b["candidates_digest"], b["data_fingerprint"], b["split"]):
+        raise ValidationError(f"{first} and {second} were evaluated on different candidates, "
+                              "data or splits; re-evaluate them on the same ones")
+    users_a, ranks_a = load_ranks(registry, a["ranks_digest"])
+    users_b, ranks_b = load_ranks(registry, b["ranks_digest"])
+    if not np.array_equal(users_a, users_b):
+        raise ValidationError(f"{first} and {second} were evaluated on different users "
+                              "(use the same --max-users and --seed)")
+    values_a, values_b = per_user_metrics(ranks_a), per_user_metrics(ranks_b)
+    differences = {}
+    for name in values_a:
+        delta = values_a[name] - values_b[name]
+        low, high = bootstrap_interval(delta, seed)
+        differences[name] = {"difference": float(delta.mean()), "low": low, "high": high}
+    return {"domain": domain, "protocol": protocol, "first": first, "second": second,
+            "users": int(len(users_a)), "differences": differences}
