@@ -37,7 +37,10 @@ def _emit_json(document: Any) -> None:
 def _console():
     from rich.console import Console
 
-    return Console()
+    console = Console()
+    if not console.is_terminal:
+        console.width = 200  # piped output: keep table cells whole instead of cutting them
+    return console
 
 
 def _table(title: str, columns: list[str], rows: list[list[Any]]) -> None:

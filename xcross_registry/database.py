@@ -18,8 +18,9 @@ import fcntl
 from pathlib import Path
 from typing import Iterator
 
-from sqlalchemy import create_engine, event, inspect, text
+from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import OperationalError, ProgrammingError
 from sqlalchemy.orm import Session, sessionmaker
 
 from . import schema, settings
@@ -55,11 +56,17 @@ def make_engine(url: str | None = None) -> Engine:
 
 
 def current_revision(engine: Engine) -> str | None:
+    """The schema revision stored in the database; ``None`` for an empty database.
+
+    One plain query (no reflection): this runs at the start of every command."""
     with engine.connect() as connection:
-        if not inspect(connection).has_table(schema.VERSION_TABLE):
+        try:
+            return connection.execute(
+                text(f"SELECT version_num FROM {schema.VERSION_TABLE}")).scalar()
+        except OperationalError:  # no version table yet
             return None
-        return connection.execute(
-            text(f"SELECT version_num FROM {schema.VERSION_TABLE}")).scalar()
+        except ProgrammingError:  # the same, as PostgreSQL reports it
+            return None
 
 
 def alembic_config(engine: Engine):

@@ -174,16 +174,18 @@ def evaluate_adapter(registry: Registry, label: str, domain: str | None = None,
     scorer, version = load_scorer(registry, label)
     domain = domain or version.domain.name
     template = _template_for(registry, domain, version.training_config.get("template"))
-    kind = "baseline" if version.status == "head-only" or domain != version.domain.name else "adapter"
-    name = version.label if domain == version.domain.name else f"{version.label}:zero-shot"
+    zero_shot = domain != version.domain.name
+    kind = "baseline" if version.status == "head-only" or zero_shot else "adapter"
+    name = f"{version.label}:zero-shot" if zero_shot else version.label
+    # The share of the evaluated domain's training users the model saw: none, zero-shot.
+    fraction = 0.0 if zero_shot else version.training_config.get("training", {}).get("fraction")
     if options.get("protocol") == "full" and scorer.config.mode != "dual":
         raise ValidationError("the full-catalogue protocol needs a dual scorer; "
                               f"{version.label} is a {scorer.config.mode} scorer")
     return evaluate_scores(registry, domain, scorer_score_function(scorer, template, batch_size),
                            subject_kind=kind, subject_name=name, adapter_version_id=version.id,
                            extra={"trainable_parameters": version.trainable_parameters,
-                                  "mode": scorer.config.mode,
-                                  "fraction": version.training_config.get("training", {}).get("fraction")},
+                                  "mode": scorer.config.mode, "fraction": fraction},
                            **options)
 
 
