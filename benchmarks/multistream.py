@@ -66,7 +66,7 @@ class Naive:
     """n peft model copies, run one after another, integrated between layers."""
 
     def __init__(self, base, sources, integrators, mix):
-        from peft import PeftModel, set_peft_model_state_dict, get_peft_model
+        from peft import get_peft_model, set_peft_model_state_dict
 
         self.models = []
         for source in sources:

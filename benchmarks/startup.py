@@ -16,7 +16,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from pathlib import Path
 
 XREG = [sys.executable, "-c", "from xcross_registry.cli import main; main()"]
 COMMANDS = {

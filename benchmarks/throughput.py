@@ -15,7 +15,6 @@ import argparse
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "amazon18" / "Toys"

@@ -7,19 +7,14 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
-import numpy as np
 import pytest
 import torch
 
-from xcross_registry.adapters import export_adapter, load_scorer, train_adapter
-from xcross_registry.errors import ModelError
+from xcross_registry.adapters import load_scorer
 from xcross_registry.evaluation import results
 from xcross_registry.registry import Registry
 from xcross_registry.schema import AdapterVersion, Domain
-from xcross_registry.scorer import ScorerConfig
-from xcross_registry.training import TrainingConfig
 
 QUICK = ["--epochs", "1", "--max-users", "24", "--batch-size", "8", "--negatives", "3"]
 

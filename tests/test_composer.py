@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -83,7 +84,7 @@ def test_reload_in_a_fresh_process_gives_identical_scores(xreg, sources, xreg_ho
     with torch.no_grad():
         here = scorer.score(histories, candidates, template)
     out = subprocess.run([sys.executable, "-c", RELOAD], capture_output=True, text=True,
-                         env={**__import__("os").environ, "XREG_HOME": str(xreg_home)})
+                         env={**os.environ, "XREG_HOME": str(xreg_home)})
     assert out.returncode == 0, out.stderr
     there = torch.tensor(json.loads(out.stdout))
     assert torch.equal(here, there)

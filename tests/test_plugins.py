@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 
 from conftest import TINY_PLUGIN, make_plugin_distribution, run_subprocess, xreg_command
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-import json
+import os
+import subprocess
 import sys
 import textwrap
 
@@ -13,7 +14,6 @@ from xcross_registry import database, schema
 from xcross_registry.registry import Registry
 from xcross_registry.schema import Domain
 
-from conftest import run_subprocess
 
 
 def test_init_creates_schema_at_head_with_own_version_table(xreg, xreg_home):
@@ -135,9 +135,7 @@ WRITER = textwrap.dedent("""
 def test_two_processes_register_50_domains_each(tiny_plugin, xreg_home, tmp_path):
     Registry()  # create the schema first, as `xreg init` would
     site = str(tmp_path / "site")
-    import subprocess
-
-    env = {**__import__("os").environ}
+    env = dict(os.environ)
     processes = [subprocess.Popen([sys.executable, "-c", WRITER, site, prefix, str(tiny_plugin)],
                                   env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                   text=True) for prefix in ("a", "b")]
@@ -152,9 +150,6 @@ def test_concurrent_first_use_migrates_once(tmp_path):
     """Two processes opening a brand-new registry at once both succeed."""
     env = {"XREG_HOME": str(tmp_path / "home")}
     script = "from xcross_registry.registry import Registry; Registry(); print('ok')"
-    import subprocess
-    import os
-
     processes = [subprocess.Popen([sys.executable, "-c", script], env={**os.environ, **env},
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
                  for _ in range(3)]

@@ -23,7 +23,7 @@ from sqlalchemy import func, select
 
 from .errors import ModelError, NotFoundError, ValidationError, XregError
 from .registry import Registry, validate_name
-from .schema import AdapterVersion, BaseModel, Domain
+from .schema import AdapterVersion, BaseModel
 
 if TYPE_CHECKING:  # pragma: no cover
     from .scorer import BaseModelInfo, Scorer, ScorerConfig

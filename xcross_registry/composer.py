@@ -23,8 +23,8 @@ import torch
 from sqlalchemy import select
 from sqlalchemy.orm import selectinload
 
-from .adapters import (PEFT_WEIGHTS, _base_model_row, _signals_interrupt, manifest_files,
-                       resolve_adapter, store_folder, write_folder)
+from .adapters import (PEFT_WEIGHTS, _signals_interrupt, resolve_adapter, store_folder,
+                       write_folder)
 from .errors import ConflictError, ModelError, NotFoundError, ValidationError
 from .registry import Registry, validate_name
 from .schema import AdapterVersion, Composition, CompositionSource, Domain
