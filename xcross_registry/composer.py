@@ -304,7 +304,7 @@ def integration_weights(registry: Registry, name: str, users: int = 64) -> dict[
         raise ValidationError(f"{name} is a {row.integrator_config.get('method')} baseline: "
                               "it has no integrators")
     data = registry.domain_data(row.target_domain.name)
-    template = registry.domain_type(row.target_domain.name).template(row.training_config.get("template"))
+    template = registry.domain_type(row.target_domain.name).template_for(row.training_config.get("template"))
     sequences = (data.valid or data.train)[:users]
     prompts = [template.render([data.items[i] for i in s.history], data.items[s.target],
                                scorer.tokenizer, scorer.config.max_length) for s in sequences]

@@ -133,3 +133,11 @@ class DomainType:
 
         known = ", ".join(t.key for t in self.templates)
         raise NotFoundError(f"domain type {self.name!r} has no prompt template {name!r} (known: {known})")
+
+    def template_for(self, key: str | None) -> PromptTemplate:
+        """The template a model was trained with (``name@version``) when this domain type
+        offers it, else its default: a model scores another domain in that domain's words."""
+        for template in self.templates:
+            if template.key == key:
+                return template
+        return self.default_template

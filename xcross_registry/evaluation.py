@@ -173,7 +173,7 @@ def evaluate_adapter(registry: Registry, label: str, domain: str | None = None,
 
     scorer, version = load_scorer(registry, label)
     domain = domain or version.domain.name
-    template = _template_for(registry, domain, version.training_config.get("template"))
+    template = registry.domain_type(domain).template_for(version.training_config.get("template"))
     zero_shot = domain != version.domain.name
     kind = "baseline" if version.status == "head-only" or zero_shot else "adapter"
     name = f"{version.label}:zero-shot" if zero_shot else version.label
@@ -189,16 +189,6 @@ def evaluate_adapter(registry: Registry, label: str, domain: str | None = None,
                            **options)
 
 
-def _template_for(registry: Registry, domain: str, key: str | None):
-    """The template a model was trained with when the domain offers it, else the domain's default."""
-    domain_type = registry.domain_type(domain)
-    if key:
-        for template in domain_type.templates:
-            if template.key == key:
-                return template
-    return domain_type.default_template
-
-
 def evaluate_composition(registry: Registry, name: str, batch_size: int = 64,
                          **options) -> Evaluation:
     """Evaluate a registered composition on its target domain."""
@@ -206,7 +196,7 @@ def evaluate_composition(registry: Registry, name: str, batch_size: int = 64,
 
     scorer, row = load_composition(registry, name)
     domain = row.target_domain.name
-    template = _template_for(registry, domain, row.training_config.get("template"))
+    template = registry.domain_type(domain).template_for(row.training_config.get("template"))
     if options.get("protocol") == "full" and scorer.config.mode != "dual":
         raise ValidationError(f"the full-catalogue protocol needs a dual scorer; {name} is "
                               f"a {scorer.config.mode} composition")

@@ -53,7 +53,6 @@ def load_model(registry: Registry, name: str, domain: str | None = None) -> Load
     """A composition or an adapter by name, ready to score on its (target) domain."""
     from .adapters import load_scorer
     from .composer import composition_exists, load_composition
-    from .evaluation import _template_for
 
     if composition_exists(registry, name):
         scorer, row = load_composition(registry, name)
@@ -65,7 +64,7 @@ def load_model(registry: Registry, name: str, domain: str | None = None) -> Load
                                             version.training_config.get("template"))
     domain = domain or own_domain
     return LoadedModel(name=name, scorer=scorer, domain=domain, data=registry.domain_data(domain),
-                       template=_template_for(registry, domain, template_key), digest=digest)
+                       template=registry.domain_type(domain).template_for(template_key), digest=digest)
 
 
 def match_items(data: DomainData, texts: Sequence[str]) -> list[Item]:

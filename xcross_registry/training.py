@@ -350,10 +350,11 @@ def _validation_set(data: DomainData, config: TrainingConfig) -> tuple[str, np.n
 def evaluate_sampled(scorer: Scorer, data: DomainData, template: PromptTemplate, split: str,
                      candidate_matrix: np.ndarray, user_indices: Sequence[int]) -> dict[str, float]:
     """Hit@1 and NDCG@10 with the positive in column 0; ties count against the positive."""
+    from .metrics import per_user_metrics, sampled_ranks
+
     scores = score_candidates(scorer, data, template, split, candidate_matrix, user_indices)
-    rank = (scores[:, 1:] >= scores[:, :1]).sum(axis=1)
-    return {"hit@1": float((rank == 0).mean()),
-            "ndcg@10": float(np.where(rank < 10, 1.0 / np.log2(rank + 2.0), 0.0).mean())}
+    values = per_user_metrics(sampled_ranks(scores), ks=(1, 10))
+    return {"hit@1": float(values["hit@1"].mean()), "ndcg@10": float(values["ndcg@10"].mean())}
 
 
 def score_candidates(scorer: Scorer, data: DomainData, template: PromptTemplate, split: str,
