@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from xcross_registry.demo import DemoSettings, run_demo
-from xcross_registry.leaderboard import leaderboard, plot
+from xcross_registry.leaderboard import efficiency, leaderboard, plot, plot_efficiency
 
 
 @pytest.fixture
@@ -55,6 +55,42 @@ def test_leaderboard_cli_json_and_unknown_domain(xreg, demo_registry, monkeypatc
     assert len(result.json()[0]["rows"]) == 6 and (tmp_path / "b.png").is_file()
     missing = xreg("leaderboard", "nowhere")
     assert missing.exit_code == 1 and "unknown domain 'nowhere'" in missing.stderr
+
+
+def test_by_fraction_groups_methods_and_averages_training_seeds(xreg, demo_registry, monkeypatch,
+                                                              tmp_path):
+    from xcross_registry import composer
+    from xcross_registry.evaluation import evaluate_composition
+    from xcross_registry.training import TrainingConfig
+    from xcross_registry.xcross import XCrossConfig
+
+    composer.compose(demo_registry, ["toys", "sports"], "tools", name="tools-x-s1",
+                     xcross_config=XCrossConfig(),
+                     training_config=TrainingConfig(epochs=1, fraction=0.25, seed=1, batch_size=16,
+                                                    negatives=15, valid_users=20))
+    second = evaluate_composition(demo_registry, "tools-x-s1")
+    board = leaderboard(demo_registry, "tools")[0]
+    by_subject = {row["subject"]: row for row in board.rows}
+    assert by_subject["tools-x-s1"]["training_seed"] == 1 and by_subject["tools-x"]["training_seed"] == 0
+    assert by_subject["toys@v1:zero-shot"]["method"] == "zero-shot"
+    assert by_subject["popularity:tools"]["method"] == "popularity"
+
+    points = {(p.method, p.fraction): p for p in efficiency(board)}
+    # zero-shot sources and popularity do not depend on the fraction: not points
+    assert set(points) == {("xcross", 0.25), ("linear-merge", 0.25), ("lora", 0.25)}
+    xcross = points[("xcross", 0.25)]
+    assert sorted(xcross.subjects) == ["tools-x", "tools-x-s1"] and sorted(xcross.seeds) == [0, 1]
+    hits = [by_subject["tools-x"]["metrics"]["hit@1"]["mean"], second.metrics["hit@1"]["mean"]]
+    assert xcross.metrics["hit@1"] == {"mean": sum(hits) / 2, "min": min(hits), "max": max(hits)}
+    png = plot_efficiency([board], tmp_path / "fraction.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    monkeypatch.setenv("XREG_HOME", str(tmp_path / "demo"))
+    result = xreg("leaderboard", "tools", "--by-fraction", "--json")
+    assert result.exit_code == 0, result.stderr
+    rows = result.json()[0]["rows"]
+    assert [(r["method"], len(r["seeds"])) for r in rows] == [
+        ("linear-merge", 1), ("lora", 1), ("xcross", 2)]
 
 
 def test_integration_weights_plot(demo_registry, tmp_path):

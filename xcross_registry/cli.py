@@ -351,6 +351,10 @@ def leaderboard(
     domain: str,
     protocol: Optional[str] = typer.Option(None, "--protocol", help="Only this protocol."),
     plot: Optional[str] = typer.Option(None, "--plot", help="Also draw the boards to this PNG."),
+    by_fraction: bool = typer.Option(False, "--by-fraction", help="Group trained rows by method "
+                                     "and target-data fraction, averaged over training seeds."),
+    plot_fraction: Optional[str] = typer.Option(None, "--plot-fraction", help="Also draw Hit@1 and "
+                                                "NDCG@10 against the fraction to this PNG."),
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Every stored evaluation on a domain, side by side, one board per comparable group."""
@@ -359,11 +363,26 @@ def leaderboard(
     boards = boards_module.leaderboard(_registry(), domain, protocol)
     if plot and boards:
         boards_module.plot(boards, plot)
+    if plot_fraction and boards:
+        boards_module.plot_efficiency(boards, plot_fraction)
+    if not boards and not as_json:
+        print(f"no evaluations on {domain} yet")
+    if by_fraction:
+        groups = [(board, boards_module.efficiency(board)) for board in boards]
+        if as_json:
+            _emit_json([{**board.as_dict(), "rows": [p.as_dict() for p in points]}
+                        for board, points in groups])
+            return
+        for board, points in groups:
+            _table(f"{domain}: {board.protocol}, {board.split}, {board.rows[0]['users']} users, "
+                   f"by target-data fraction (mean over seeds)",
+                   ["method", "fraction", "seeds", "trainable", *boards_module.COLUMNS],
+                   [[p.method, p.fraction, len(p.seeds), p.trainable_parameters,
+                     *(f"{p.metrics[m]['mean']:.4f}" for m in boards_module.COLUMNS)] for p in points])
+        return
     if as_json:
         _emit_json([board.as_dict() for board in boards])
         return
-    if not boards:
-        print(f"no evaluations on {domain} yet")
     for board in boards:
         _table(f"{domain}: {board.protocol}, {board.split}, {board.rows[0]['users']} users, "
                f"data {board.data_fingerprint[:12]}, candidates {str(board.candidates_digest)[:12]}",

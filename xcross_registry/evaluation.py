@@ -124,7 +124,8 @@ def popularity_score(data: DomainData, split: str, users: Sequence[int],
 
 def evaluate_popularity(registry: Registry, domain: str, **options) -> Evaluation:
     return evaluate_scores(registry, domain, popularity_score, subject_kind="baseline",
-                           subject_name=f"popularity:{domain}", **options)
+                           subject_name=f"popularity:{domain}",
+                           extra={"trainable_parameters": 0, "method": "popularity"}, **options)
 
 
 def results(registry: Registry, domain: str | None = None,
@@ -177,15 +178,18 @@ def evaluate_adapter(registry: Registry, label: str, domain: str | None = None,
     zero_shot = domain != version.domain.name
     kind = "baseline" if version.status == "head-only" or zero_shot else "adapter"
     name = f"{version.label}:zero-shot" if zero_shot else version.label
-    # The share of the evaluated domain's training users the model saw: none, zero-shot.
-    fraction = 0.0 if zero_shot else version.training_config.get("training", {}).get("fraction")
+    training = version.training_config.get("training", {})
+    method = "zero-shot" if zero_shot else "head-only" if version.status == "head-only" else "lora"
     if options.get("protocol") == "full" and scorer.config.mode != "dual":
         raise ValidationError("the full-catalogue protocol needs a dual scorer; "
                               f"{version.label} is a {scorer.config.mode} scorer")
     return evaluate_scores(registry, domain, scorer_score_function(scorer, template, batch_size),
                            subject_kind=kind, subject_name=name, adapter_version_id=version.id,
                            extra={"trainable_parameters": version.trainable_parameters,
-                                  "mode": scorer.config.mode, "fraction": fraction},
+                                  "mode": scorer.config.mode, "method": method,
+                                  # the share of the evaluated domain's users it trained on
+                                  "fraction": 0.0 if zero_shot else training.get("fraction"),
+                                  "training_seed": training.get("seed")},
                            **options)
 
 
@@ -201,12 +205,13 @@ def evaluate_composition(registry: Registry, name: str, batch_size: int = 64,
         raise ValidationError(f"the full-catalogue protocol needs a dual scorer; {name} is "
                               f"a {scorer.config.mode} composition")
     method = row.integrator_config.get("method", "xcross")
+    training = row.training_config.get("training", {})
     return evaluate_scores(registry, domain, scorer_score_function(scorer, template, batch_size),
                            subject_kind="composition" if method == "xcross" else "baseline",
                            subject_name=name, composition_id=row.id,
                            extra={"trainable_parameters": row.trainable_parameters,
                                   "mode": scorer.config.mode, "method": method,
-                                  "fraction": row.training_config.get("training", {}).get("fraction"),
+                                  "fraction": training.get("fraction"), "training_seed": training.get("seed"),
                                   "sources": [s.adapter.label for s in row.sources]},
                            **options)
 

