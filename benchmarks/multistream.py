@@ -11,8 +11,9 @@ this script checks that they agree and prints, for n = 2, 3, 4 sources:
 * integration overhead: X-Cross forward over n × one plain LoRA forward at the same
   batch (floor 1.0).
 
-Every variant runs in its own subprocess (so peak memory is its own); all ratios
-come from this one run.  Usage::
+Times come from one process in which the variants' calls are interleaved round-robin,
+so a change in the shared machine's load hits all of them alike; peak memory comes from
+one subprocess per variant (so each peak is its own).  Usage::
 
     python benchmarks/multistream.py [--batch 32] [--length 64] [--repeats 5]
 """
@@ -110,26 +111,17 @@ class Naive:
         return torch.einsum("m,mbth->bth", self.mix, torch.stack(states))
 
 
-def worker(variant: str, n: int, batch: int, length: int, repeats: int) -> dict:
-    import torch
-
-    from xcross_registry.xcross import XCrossConfig, XCrossEncoder
-
-    torch.manual_seed(0)
-    baseline_rss = _peak_rss()
-    base, tokenizer, sources, _ = build(n)
-    ids, mask = inputs(tokenizer, batch, length)
-    encoder = XCrossEncoder(base, sources, XCrossConfig(init_std=0.01))
+def make_variant(variant: str, base, sources, encoder, ids, mask):
+    """(forward, training step or None, base-weight storages) of one way to run it."""
+    trainable = [p for p in encoder.parameters() if p.requires_grad]
     if variant == "multistream":
         run = lambda: encoder(ids, mask).hidden_state  # noqa: E731
-        trainable = [p for p in encoder.parameters() if p.requires_grad]
         storages = {p.untyped_storage().data_ptr(): p.untyped_storage().nbytes()
                     for p in encoder.base.parameters()}
     elif variant == "naive":
         naive = Naive(base, sources, encoder.integrators, encoder.mix)
         naive.layer_arguments(ids, mask)
         run = lambda: naive(ids, mask)  # noqa: E731
-        trainable = [p for p in encoder.parameters() if p.requires_grad]
         storages = {p.untyped_storage().data_ptr(): p.untyped_storage().nbytes()
                     for model in naive.models for name, p in model.named_parameters()
                     if "lora_" not in name}
@@ -140,33 +132,64 @@ def worker(variant: str, n: int, batch: int, length: int, repeats: int) -> dict:
         set_peft_model_state_dict(single, dict(sources[0].state_dict))
         single.eval()
         run = lambda: single(input_ids=ids, attention_mask=mask).last_hidden_state  # noqa: E731
-        trainable, storages = [], {}
+        return (lambda: _no_grad(run)), None, {}
+
+    def train_step():
+        for p in trainable:
+            p.grad = None
+        run().float().pow(2).mean().backward()
+
+    return (lambda: _no_grad(run)), train_step, storages
+
+
+def _no_grad(function):
+    import torch
+
     with torch.no_grad():
-        reference = run()
-        forward = _timed(lambda: run(), repeats)
-    step = None
-    if trainable:
-        def train_step():
-            for p in trainable:
-                p.grad = None
-            run().float().pow(2).mean().backward()
-        train_step()
-        step = _timed(train_step, repeats)
-    return {"variant": variant, "n": n, "forward_s": forward, "train_step_s": step,
-            "peak_rss_mb": (_peak_rss() - baseline_rss) / 1024,
-            "base_weight_mb": sum(storages.values()) / 2**20,
-            "checksum": float(reference.double().abs().mean())}
+        return function()
 
 
-def _timed(function, repeats: int) -> float:
-    """Median seconds of ``repeats`` calls after one warm-up."""
-    function()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
+def setup(n: int, batch: int, length: int):
+    import torch
+
+    from xcross_registry.xcross import XCrossConfig, XCrossEncoder
+
+    torch.manual_seed(0)
+    base, tokenizer, sources, _ = build(n)
+    ids, mask = inputs(tokenizer, batch, length)
+    return base, sources, XCrossEncoder(base, sources, XCrossConfig(init_std=0.01)), ids, mask
+
+
+def memory_worker(variant: str, n: int, batch: int, length: int) -> dict:
+    """Peak memory of one variant alone in this process (a forward and a training step)."""
+    baseline_rss = _peak_rss()
+    base, sources, encoder, ids, mask = setup(n, batch, length)
+    forward, train_step, storages = make_variant(variant, base, sources, encoder, ids, mask)
+    checksum = float(forward().double().abs().mean())
+    train_step()
+    return {"variant": variant, "n": n, "peak_rss_mb": (_peak_rss() - baseline_rss) / 1024,
+            "base_weight_mb": sum(storages.values()) / 2**20, "checksum": checksum}
+
+
+def timing(n: int, batch: int, length: int, repeats: int) -> dict[str, float]:
+    """Median seconds of each variant's forward and training step, ``repeats`` rounds of
+    interleaved calls after one warm-up call each."""
+    base, sources, encoder, ids, mask = setup(n, batch, length)
+    calls = {}
+    for variant in VARIANTS:
+        forward, train_step, _ = make_variant(variant, base, sources, encoder, ids, mask)
+        calls[f"{variant} forward"] = forward
+        if train_step is not None:
+            calls[f"{variant} step"] = train_step
+    samples: dict[str, list[float]] = {name: [] for name in calls}
+    for function in calls.values():
         function()
-        times.append(time.perf_counter() - start)
-    return sorted(times)[len(times) // 2]
+    for _ in range(repeats):
+        for name, function in calls.items():
+            start = time.perf_counter()
+            function()
+            samples[name].append(time.perf_counter() - start)
+    return {name: sorted(times)[len(times) // 2] for name, times in samples.items()}
 
 
 def _peak_rss() -> int:
@@ -179,36 +202,36 @@ def main() -> None:
     parser.add_argument("--length", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--sources", default="2,3,4")
-    parser.add_argument("--worker", nargs=2, metavar=("VARIANT", "N"))
+    parser.add_argument("--memory-worker", nargs=2, metavar=("VARIANT", "N"))
     args = parser.parse_args()
-    if args.worker:
-        print(json.dumps(worker(args.worker[0], int(args.worker[1]), args.batch, args.length, args.repeats)))
+    if args.memory_worker:
+        variant, n = args.memory_worker[0], int(args.memory_worker[1])
+        print(json.dumps(memory_worker(variant, n, args.batch, args.length)))
         return
     import torch
 
     print(f"# CPU threads {torch.get_num_threads()}, batch {args.batch} x {args.length} tokens, "
-          f"median of {args.repeats}; default model all-MiniLM-L6-v2")
+          f"median of {args.repeats} interleaved calls; default model all-MiniLM-L6-v2")
     print("n  forward(naive/ms)  train(naive/ms)  peak-mem(naive/ms)  base-weights(naive/ms)  "
-          "overhead(ms / n*single)  max|diff|")
+          "overhead(ms / n*single)  |checksum diff|")
     for n in map(int, args.sources.split(",")):
-        rows = {}
-        for variant in VARIANTS:
-            out = subprocess.run([sys.executable, __file__, "--worker", variant, str(n),
-                                  "--batch", str(args.batch), "--length", str(args.length),
-                                  "--repeats", str(args.repeats)],
+        memory = {}
+        for variant in ("multistream", "naive"):
+            out = subprocess.run([sys.executable, __file__, "--memory-worker", variant, str(n),
+                                  "--batch", str(args.batch), "--length", str(args.length)],
                                  capture_output=True, text=True, check=True)
-            rows[variant] = json.loads(out.stdout.strip().splitlines()[-1])
-        ms, naive, single = rows["multistream"], rows["naive"], rows["single"]
-        print(f"{n}  {naive['forward_s'] / ms['forward_s']:6.2f}x"
-              f"            {naive['train_step_s'] / ms['train_step_s']:6.2f}x"
+            memory[variant] = json.loads(out.stdout.strip().splitlines()[-1])
+        seconds = timing(n, args.batch, args.length, args.repeats)
+        ms, naive = memory["multistream"], memory["naive"]
+        print(f"{n}  {seconds['naive forward'] / seconds['multistream forward']:6.2f}x"
+              f"            {seconds['naive step'] / seconds['multistream step']:6.2f}x"
               f"          {naive['peak_rss_mb'] / ms['peak_rss_mb']:6.2f}x"
               f"             {naive['base_weight_mb'] / ms['base_weight_mb']:6.2f}x"
-              f"                  {ms['forward_s'] / (n * single['forward_s']):6.3f}"
+              f"                  {seconds['multistream forward'] / (n * seconds['single forward']):6.3f}"
               f"                 {abs(naive['checksum'] - ms['checksum']):.1e}", flush=True)
-        print(f"   seconds: multistream fwd {ms['forward_s']:.3f} step {ms['train_step_s']:.3f}; "
-              f"naive fwd {naive['forward_s']:.3f} step {naive['train_step_s']:.3f}; single fwd "
-              f"{single['forward_s']:.3f}; peak MB {ms['peak_rss_mb']:.0f} vs {naive['peak_rss_mb']:.0f}; "
-              f"base weights MB {ms['base_weight_mb']:.1f} vs {naive['base_weight_mb']:.1f}", flush=True)
+        print("   seconds: " + "; ".join(f"{name} {value:.3f}" for name, value in seconds.items())
+              + f"; peak MB {ms['peak_rss_mb']:.0f} vs {naive['peak_rss_mb']:.0f}; base weights MB "
+              f"{ms['base_weight_mb']:.1f} vs {naive['base_weight_mb']:.1f}", flush=True)
 
 
 if __name__ == "__main__":
