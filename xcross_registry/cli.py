@@ -374,8 +374,7 @@ def leaderboard(
                         for board, points in groups])
             return
         for board, points in groups:
-            _table(f"{domain}: {board.protocol}, {board.split}, {board.rows[0]['users']} users, "
-                   f"by target-data fraction (mean over seeds)",
+            _table(f"{_board_title(board)}, by target-data fraction (mean over seeds)",
                    ["method", "fraction", "seeds", "trainable", *boards_module.COLUMNS],
                    [[p.method, p.fraction, len(p.seeds), p.trainable_parameters,
                      *(f"{p.metrics[m]['mean']:.4f}" for m in boards_module.COLUMNS)] for p in points])
@@ -384,12 +383,16 @@ def leaderboard(
         _emit_json([board.as_dict() for board in boards])
         return
     for board in boards:
-        _table(f"{domain}: {board.protocol}, {board.split}, {board.rows[0]['users']} users, "
-               f"data {board.data_fingerprint[:12]}, candidates {str(board.candidates_digest)[:12]}",
+        _table(f"{_board_title(board)}, data {board.data_fingerprint[:12]}, "
+               f"candidates {str(board.candidates_digest)[:12]}",
                ["subject", "kind", "trainable", "fraction", *boards_module.COLUMNS],
                [[r["subject"], r["kind"], r["trainable_parameters"], r["fraction"],
                  *(f"{r['metrics'][m]['mean']:.4f}" for m in boards_module.COLUMNS)]
                 for r in board.rows])
+
+
+def _board_title(board) -> str:
+    return f"{board.domain}: {board.protocol}, {board.split}, {board.rows[0]['users']} users"
 
 
 @app.command()
