@@ -27,13 +27,15 @@ def _train(xreg, base, *extra):
 
 def test_train_registers_a_version_with_its_lineage(xreg, synthetic_domains, tiny_base_model):
     first = _train(xreg, tiny_base_model)
-    second = _train(xreg, tiny_base_model, "--mode", "dual")
+    second = _train(xreg, tiny_base_model, "--mode", "dual", "--in-batch")
     assert (first["version"], second["version"]) == (1, 2)
     assert first["base_model"] == str(tiny_base_model)
     assert first["lora_config"]["peft_type"] == "LORA" and first["lora_config"]["r"] == 8
     assert first["data_fingerprint"] == xreg("show", "toys", "--json").json()["data_fingerprint"]
     assert first["training_config"]["training"]["max_users"] == 24
     assert first["training_config"]["scorer"]["mode"] == "cross"
+    assert second["training_config"]["training"]["in_batch_negatives"] is True
+    assert first["training_config"]["training"]["in_batch_negatives"] is False
     assert first["metrics"]["validation"]["hit@1"] >= 0
     assert first["trainable_parameters"] > first["training_config"]["lora_parameters"] > 0
     listed = xreg("adapters", "--json").json()

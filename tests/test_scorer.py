@@ -198,6 +198,28 @@ def test_dual_batch_encodes_each_document_once(tiny_base):
     assert inputs["doc_index"].tolist() == [[0, 1, 2], [3, 1, 2]]
 
 
+@pytest.mark.parametrize("mode", ["cross", "dual"])
+def test_in_batch_negatives_score_other_rows_positives(tiny_base, mode):
+    scorer = make_scorer(tiny_base, mode)
+    perturb(scorer)
+    scorer.eval()
+    # Row 1's history holds row 0's positive (ITEMS[1]); rows 0 and 2 share a positive.
+    histories = [ITEMS[0:1], ITEMS[1:3], ITEMS[12:13]]
+    candidates = [[ITEMS[1], ITEMS[20]], [ITEMS[8], ITEMS[20]], [ITEMS[1], ITEMS[20]]]
+    inputs = scorer.prepare(histories, candidates, DEFAULT_TEMPLATE, in_batch=True)
+    assert inputs["in_batch_mask"].tolist() == [[False, True, False], [False, False, False],
+                                                [False, True, False]]
+    with torch.no_grad():
+        scores = scorer(**inputs)
+        plain = scorer.score(histories, candidates, DEFAULT_TEMPLATE)
+        expected = scorer.score(histories, [[row[0] for row in candidates]] * 3, DEFAULT_TEMPLATE)
+    assert scores.shape == (3, 2 + 3)
+    assert torch.allclose(scores[:, :2], plain, atol=1e-5)
+    usable = inputs["in_batch_mask"]
+    assert torch.allclose(scores[:, 2:][usable], expected[usable], atol=1e-5)
+    assert torch.isneginf(scores[:, 2:][~usable]).all()
+
+
 def test_mode_specific_methods_and_bad_batches(tiny_base):
     cross = make_scorer(tiny_base, "cross")
     with pytest.raises(ValidationError, match="dual"):

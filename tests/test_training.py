@@ -128,6 +128,15 @@ def test_bf16_autocast_trains(tiny_base):
     assert np.isfinite(result.epochs[0].loss) and result.epochs[0].examples == 24
 
 
+@pytest.mark.parametrize("mode", ["cross", "dual"])
+def test_in_batch_negatives_train(tiny_base, mode):
+    data = toy_data()
+    scorer = make_scorer(tiny_base, mode)
+    before = fixed_loss(scorer, data)
+    result = train_scorer(scorer, data, DEFAULT_TEMPLATE, config(epochs=2, in_batch_negatives=True))
+    assert np.isfinite(result.epochs[-1].loss) and fixed_loss(scorer, data) < before
+
+
 def test_should_stop_ends_the_run(tiny_base):
     data = toy_data()
     scorer = make_scorer(tiny_base, "cross")

@@ -97,7 +97,9 @@ SEED = typer.Option(0, "--seed")
 MODE = typer.Option("cross", "--mode", help="cross (prompt with candidate) or dual (two towers).")
 BASE_MODEL = typer.Option(None, "--base-model", help="Transformers model name or path "
                           "(default: the bundled all-MiniLM-L6-v2).")
-BF16 = typer.Option(False, "--bf16", help="bf16 autocast (GPU).")
+BF16 = typer.Option(False, "--bf16", help="bf16 autocast (CUDA, or a CPU with bf16 instructions).")
+IN_BATCH = typer.Option(False, "--in-batch", help="Dual mode: the batch's other positives are "
+                        "negatives too.")
 
 
 def _train(registry, name: str, *, mode: str, max_length: int, base_model: str | None,
@@ -163,7 +165,7 @@ def add_domain(
     seed: int = SEED, valid_users: int = VALID_USERS, max_minutes: Optional[float] = MAX_MINUTES,
     prefixes_per_user: int = PREFIXES,
     mode: str = MODE, max_length: int = MAX_LENGTH, base_model: Optional[str] = BASE_MODEL,
-    bf16: bool = BF16, as_json: bool = JSON_OPTION,
+    bf16: bool = BF16, in_batch: bool = IN_BATCH, as_json: bool = JSON_OPTION,
 ) -> None:
     """Register a domain after its plugin has loaded and validated the data."""
     from .registry import as_dict
@@ -184,7 +186,8 @@ def add_domain(
                        head_only=False, quiet=as_json, epochs=epochs, lr=lr, head_lr=head_lr,
                        batch_size=batch_size, negatives=negatives, max_users=max_users,
                        fraction=fraction, seed=seed, valid_users=valid_users,
-                       max_minutes=max_minutes, prefixes_per_user=prefixes_per_user, bf16=bf16)
+                       max_minutes=max_minutes, prefixes_per_user=prefixes_per_user, bf16=bf16,
+                       in_batch_negatives=in_batch)
             except BaseException:
                 registry.remove_domain(name, force=True)  # all or nothing
                 raise
@@ -204,7 +207,7 @@ def train_adapter(
     seed: int = SEED, valid_users: int = VALID_USERS, max_minutes: Optional[float] = MAX_MINUTES,
     prefixes_per_user: int = PREFIXES,
     mode: str = MODE, max_length: int = MAX_LENGTH, base_model: Optional[str] = BASE_MODEL,
-    bf16: bool = BF16,
+    bf16: bool = BF16, in_batch: bool = IN_BATCH,
     head_only: bool = typer.Option(False, "--head-only", help="Baseline: train only the head "
                                    "on the frozen base model."),
     as_json: bool = JSON_OPTION,
@@ -216,7 +219,8 @@ def train_adapter(
                      head_only=head_only, quiet=as_json, epochs=epochs, lr=lr, head_lr=head_lr,
                      batch_size=batch_size, negatives=negatives, max_users=max_users,
                      fraction=fraction, seed=seed, valid_users=valid_users,
-                     max_minutes=max_minutes, prefixes_per_user=prefixes_per_user, bf16=bf16)
+                     max_minutes=max_minutes, prefixes_per_user=prefixes_per_user, bf16=bf16,
+                     in_batch_negatives=in_batch)
     if as_json:
         _emit_json(as_dict(version))
     else:
@@ -277,7 +281,7 @@ def compose(
     head_lr: float = HEAD_LR, batch_size: int = BATCH_SIZE, negatives: int = NEGATIVES,
     max_users: Optional[int] = MAX_USERS, fraction: float = FRACTION, seed: int = SEED,
     valid_users: int = VALID_USERS, max_minutes: Optional[float] = MAX_MINUTES,
-    prefixes_per_user: int = PREFIXES, bf16: bool = BF16,
+    prefixes_per_user: int = PREFIXES, bf16: bool = BF16, in_batch: bool = IN_BATCH,
     evaluate_after: bool = typer.Option(True, "--evaluate/--no-evaluate",
                                         help="Evaluate on the target test split afterwards."),
     as_json: bool = JSON_OPTION,
@@ -291,7 +295,8 @@ def compose(
     training = TrainingConfig(epochs=epochs, lr=lr, head_lr=head_lr, batch_size=batch_size,
                               negatives=negatives, max_users=max_users, fraction=fraction,
                               seed=seed, valid_users=valid_users, max_minutes=max_minutes,
-                              prefixes_per_user=prefixes_per_user, bf16=bf16)
+                              prefixes_per_user=prefixes_per_user, bf16=bf16,
+                              in_batch_negatives=in_batch)
     with _training_progress(as_json) as progress:
         row = composer.compose(registry, [s for s in sources.split(",") if s.strip()], target,
                                name=name, method=method, mode=mode, training_config=training,

@@ -398,14 +398,19 @@ class Scorer(nn.Module):
     def forward(self, input_ids: Tensor, attention_mask: Tensor, num_candidates: int,
                 doc_input_ids: Tensor | None = None, doc_attention_mask: Tensor | None = None,
                 doc_index: Tensor | None = None, candidate_mask: Tensor | None = None,
-                history_mask: Tensor | None = None) -> Tensor:
+                history_mask: Tensor | None = None, in_batch_mask: Tensor | None = None) -> Tensor:
         """Scores ``[B, num_candidates]``.
 
         ``cross``: ``input_ids`` holds the B×C prompts, query-major.  ``dual``:
         ``input_ids`` holds B history prompts, ``doc_input_ids`` the distinct documents
         and ``doc_index [B, C]`` which document each candidate is, so a document shared
-        by several rows (a batch's shared negatives) is encoded once.
+        by several rows (a batch's shared negatives) is encoded once.  With
+        ``in_batch_mask [B, B]`` every row also scores the B rows' positives (column 0),
+        ``-inf`` where the mask is False: ``[B, C + B]``.  A dual scorer reuses the
+        positives' embeddings; a cross scorer's B×(C+B) prompts (from :meth:`prepare`)
+        already hold them.
         """
+        extra = 0 if in_batch_mask is None else in_batch_mask.shape[1]
         if self.config.mode == "cross":
             if candidate_mask is None or history_mask is None:
                 raise ValidationError("a cross scorer needs the candidate and history token masks")
@@ -413,18 +418,29 @@ class Scorer(nn.Module):
             pooled = pool(hidden, attention_mask, self.config.pooling).float()
             history = pool(hidden, history_mask, "mean").float()
             candidate = pool(hidden, candidate_mask, "mean").float()
-            return self.head(pooled, history, candidate).view(-1, num_candidates)
-        if doc_input_ids is None or doc_attention_mask is None or doc_index is None:
-            raise ValidationError("a dual scorer needs document tensors")
-        queries = self.embed(input_ids, attention_mask)
-        documents = self.embed(doc_input_ids, doc_attention_mask)
-        return self.head(queries, documents[doc_index])
+            scores = self.head(pooled, history, candidate).view(-1, num_candidates + extra)
+        else:
+            if doc_input_ids is None or doc_attention_mask is None or doc_index is None:
+                raise ValidationError("a dual scorer needs document tensors")
+            queries = self.embed(input_ids, attention_mask)
+            documents = self.embed(doc_input_ids, doc_attention_mask)
+            scores = self.head(queries, documents[doc_index])
+            if extra:
+                scores = torch.cat([scores, self.head(queries, documents[doc_index[:, 0]])], dim=1)
+        if not extra:
+            return scores
+        return torch.cat([scores[:, :num_candidates],
+                          scores[:, num_candidates:].masked_fill(~in_batch_mask, -math.inf)], dim=1)
 
     # -- items -------------------------------------------------------------------------
 
     def prepare(self, histories: Sequence[Sequence["Item"]], candidates: Sequence[Sequence["Item"]],
-                template: "PromptTemplate") -> dict[str, Any]:
-        """Render and tokenise B histories with C candidates each into ``forward``'s inputs."""
+                template: "PromptTemplate", in_batch: bool = False) -> dict[str, Any]:
+        """Render and tokenise B histories with C candidates each into ``forward``'s inputs.
+
+        ``in_batch`` (training) also returns ``in_batch_mask``: row i may use row j's
+        positive (its first candidate) as a negative unless it is i's own positive or in
+        i's history.  A cross scorer then renders each row with the B positives appended."""
         if len(histories) != len(candidates) or not histories:
             raise ValidationError("need one non-empty candidate list per history")
         width = len(candidates[0])
@@ -432,16 +448,24 @@ class Scorer(nn.Module):
             raise ValidationError("every history needs the same, non-zero number of candidates")
         budget = self.config.max_length
         if self.config.mode == "cross":
+            positives = [row[0] for row in candidates] if in_batch else []
             rendered = [template.render_with_span(history, item, self.tokenizer, budget)
-                        for history, row in zip(histories, candidates) for item in row]
+                        for history, row in zip(histories, candidates) for item in [*row, *positives]]
             texts, spans = zip(*rendered)
-            return {**self.tokenize(texts, spans), "num_candidates": width}
-        queries = self.tokenize([template.render_query(h, self.tokenizer, budget) for h in histories])
-        texts: dict[str, int] = {}
-        index = [[texts.setdefault(template.render_document(item), len(texts)) for item in row] for row in candidates]
-        documents = self.tokenize(list(texts))
-        return {**queries, "num_candidates": width, "doc_input_ids": documents["input_ids"],
-                "doc_attention_mask": documents["attention_mask"], "doc_index": torch.tensor(index)}
+            inputs = {**self.tokenize(texts, spans), "num_candidates": width}
+        else:
+            queries = self.tokenize([template.render_query(h, self.tokenizer, budget) for h in histories])
+            texts: dict[str, int] = {}
+            index = [[texts.setdefault(template.render_document(item), len(texts)) for item in row]
+                     for row in candidates]
+            documents = self.tokenize(list(texts))
+            inputs = {**queries, "num_candidates": width, "doc_input_ids": documents["input_ids"],
+                      "doc_attention_mask": documents["attention_mask"], "doc_index": torch.tensor(index)}
+        if in_batch:
+            positives = [row[0].id for row in candidates]
+            seen = [{item.id for item in history} | {own} for history, own in zip(histories, positives)]
+            inputs["in_batch_mask"] = torch.tensor([[other not in mine for other in positives] for mine in seen])
+        return inputs
 
     def score(self, histories: Sequence[Sequence["Item"]], candidates: Sequence[Sequence["Item"]],
               template: "PromptTemplate") -> Tensor:

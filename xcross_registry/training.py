@@ -45,9 +45,9 @@ class TrainingConfig:
     ``batch_size`` counts examples (one history with its 1+N candidates).
     ``lr`` is the LoRA weights' rate and ``head_lr`` (``None``: the same) the head's:
     the head starts from nothing and must move fast, while LoRA perturbs a pretrained
-    model.  On Amazon Toys with MiniLM, a few thousand examples at LoRA rates of 3e-4
-    and above made the dual scorer worse than zero-shot, while the head (scale and
-    prior) at 1e-2 beat popularity within four minutes of CPU time.
+    model.  On Amazon Toys with MiniLM, one shared rate of 3e-4 made the dual scorer
+    worse than zero-shot within a few thousand examples, while LoRA at 3e-4 with the
+    head at 1e-2 is the recipe that beats the head-only model (docs/RESULTS.md).
     ``fraction`` keeps that share of the training users (the target-data budget of
     an X-Cross experiment), ``max_users`` then caps their number; both pick users
     by ``seed``.  ``prefixes_per_user`` 0 uses every prefix of every sequence.
@@ -56,6 +56,12 @@ class TrainingConfig:
     documents per step instead of B·(1+N), several times cheaper.  ``None``: share
     when the scorer is dual (a cross prompt contains the history, so sharing saves
     nothing there and only narrows the negatives a step sees).
+    ``in_batch_negatives`` adds the batch's other positives as up to B−1 more
+    negatives: free for a dual scorer (their embeddings are already computed), B more
+    prompts per example for a cross scorer.  Uniform negatives alone reward whatever
+    predicts popularity, because a uniform draw is mostly rare items; the other users'
+    positives are as popular as the positive, so only the history can tell them apart
+    (mixed negative sampling, Yang et al., WWW 2020).
     The best epoch is chosen by validation NDCG@10, which is less noisy than Hit@1.
     ``max_minutes`` is a wall-clock safety stop: the run ends after the step that
     crosses it, validates, and keeps the best epoch (the schedule is still planned in
@@ -71,6 +77,7 @@ class TrainingConfig:
     fraction: float = 1.0
     prefixes_per_user: int = 0
     share_negatives: bool | None = None
+    in_batch_negatives: bool = False
     min_history: int = 1
     seed: int = 0
     valid_users: int = 200
@@ -217,7 +224,8 @@ def train_scorer(scorer: Scorer, data: DomainData, template: PromptTemplate, con
         for step, batch in enumerate(batches, 1):
             histories, candidates = _training_batch(batch, data, config.negatives, share, negative_rng)
             inputs = {k: v.to(accelerator.device) if torch.is_tensor(v) else v
-                      for k, v in scorer.prepare(histories, candidates, template).items()}
+                      for k, v in scorer.prepare(histories, candidates, template,
+                                                            in_batch=config.in_batch_negatives).items()}
             with torch.autocast(accelerator.device.type, dtype=torch.bfloat16, enabled=config.bf16):
                 scores = model(**inputs).float()
             loss = torch.nn.functional.cross_entropy(scores, torch.zeros(len(batch), dtype=torch.long,
