@@ -98,8 +98,8 @@ MODE = typer.Option("cross", "--mode", help="cross (prompt with candidate) or du
 BASE_MODEL = typer.Option(None, "--base-model", help="Transformers model name or path "
                           "(default: the bundled all-MiniLM-L6-v2).")
 BF16 = typer.Option(False, "--bf16", help="bf16 autocast (CUDA, or a CPU with bf16 instructions).")
-IN_BATCH = typer.Option(False, "--in-batch", help="Dual mode: the batch's other positives are "
-                        "negatives too.")
+IN_BATCH = typer.Option(False, "--in-batch", help="The batch's other positives are negatives too "
+                        "(free in dual mode; B more prompts per example in cross mode).")
 
 
 def _train(registry, name: str, *, mode: str, max_length: int, base_model: str | None,
