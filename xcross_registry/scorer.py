@@ -448,9 +448,9 @@ class Scorer(nn.Module):
             raise ValidationError("every history needs the same, non-zero number of candidates")
         budget = self.config.max_length
         if self.config.mode == "cross":
-            positives = [row[0] for row in candidates] if in_batch else []
+            appended = [row[0] for row in candidates] if in_batch else []
             rendered = [template.render_with_span(history, item, self.tokenizer, budget)
-                        for history, row in zip(histories, candidates) for item in [*row, *positives]]
+                        for history, row in zip(histories, candidates) for item in [*row, *appended]]
             texts, spans = zip(*rendered)
             inputs = {**self.tokenize(texts, spans), "num_candidates": width}
         else:
@@ -470,14 +470,14 @@ class Scorer(nn.Module):
     def score(self, histories: Sequence[Sequence["Item"]], candidates: Sequence[Sequence["Item"]],
               template: "PromptTemplate") -> Tensor:
         """Scores ``[B, C]`` of each history's candidates (gradients flow if enabled)."""
-        return self(**_to_device(self.prepare(histories, candidates, template), self.device))
+        return self(**to_device(self.prepare(histories, candidates, template), self.device))
 
     def encode_histories(self, histories: Sequence[Sequence["Item"]], template: "PromptTemplate") -> Tensor:
         """Dual mode: normalised history embeddings ``[B, H]``."""
         self._require_dual("encode_histories")
         inputs = self.tokenize([template.render_query(h, self.tokenizer, self.config.max_length)
                                 for h in histories])
-        return self.embed(**_to_device(inputs, self.device))
+        return self.embed(**to_device(inputs, self.device))
 
     def encode_items(self, items: Sequence["Item"], template: "PromptTemplate", batch_size: int = 256) -> Tensor:
         """Dual mode: normalised item embeddings ``[N, H]``, to cache per model version."""
@@ -485,7 +485,7 @@ class Scorer(nn.Module):
         chunks = []
         for start in range(0, len(items), batch_size):
             inputs = self.tokenize([template.render_document(item) for item in items[start:start + batch_size]])
-            chunks.append(self.embed(**_to_device(inputs, self.device)))
+            chunks.append(self.embed(**to_device(inputs, self.device)))
         return torch.cat(chunks) if chunks else torch.empty(0, self.base.hidden_size, device=self.device)
 
     def score_embeddings(self, queries: Tensor, documents: Tensor) -> Tensor:
@@ -603,5 +603,6 @@ def _checked_keys(cls: type, values: dict[str, Any], what: str) -> dict[str, Any
     return dict(values)
 
 
-def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    """``batch`` with its tensors on ``device`` (other values, e.g. counts, as they are)."""
     return {k: v.to(device) if isinstance(v, Tensor) else v for k, v in batch.items()}

@@ -32,7 +32,7 @@ import torch
 
 from .data import DomainData, UserSequence
 from .errors import ValidationError
-from .scorer import Scorer
+from .scorer import Scorer, to_device
 from .templates import PromptTemplate
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -223,9 +223,8 @@ def train_scorer(scorer: Scorer, data: DomainData, template: PromptTemplate, con
         epoch_start, loss_sum, epoch_examples = time.perf_counter(), 0.0, 0
         for step, batch in enumerate(batches, 1):
             histories, candidates = _training_batch(batch, data, config.negatives, share, negative_rng)
-            inputs = {k: v.to(accelerator.device) if torch.is_tensor(v) else v
-                      for k, v in scorer.prepare(histories, candidates, template,
-                                                            in_batch=config.in_batch_negatives).items()}
+            inputs = to_device(scorer.prepare(histories, candidates, template, in_batch=config.in_batch_negatives),
+                               accelerator.device)
             with torch.autocast(accelerator.device.type, dtype=torch.bfloat16, enabled=config.bf16):
                 scores = model(**inputs).float()
             loss = torch.nn.functional.cross_entropy(scores, torch.zeros(len(batch), dtype=torch.long,
