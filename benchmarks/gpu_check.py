@@ -33,7 +33,7 @@ def main() -> None:
     import xreg_synthetic
     from peft import get_peft_model_state_dict
 
-    from xcross_registry.composer import XCrossStates
+    from xcross_registry.scorer import XCrossStates
     from xcross_registry.scorer import Scorer, ScorerConfig, load_base_model
     from xcross_registry.training import TrainingConfig, score_candidates, train_scorer
     from xcross_registry.xcross import LoraSource, XCrossConfig, XCrossEncoder

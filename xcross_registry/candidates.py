@@ -79,16 +79,21 @@ class CandidateSet:
         return self.candidates[:, 0]
 
 
+def check_protocol(protocol: str, split: str) -> None:
+    """Refuse an unknown protocol or split (also before a model is loaded to evaluate)."""
+    if protocol not in PROTOCOLS:
+        raise ValidationError(f"unknown evaluation protocol {protocol!r}; expected one of {', '.join(PROTOCOLS)}")
+    if split not in SPLITS:
+        raise ValidationError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}")
+
+
 def sample_candidates(data: DomainData, split: str, protocol: str, seed: int = 0, negatives: int = 29,
                       max_users: int | None = None) -> CandidateSet:
     """Draw the candidate lists of ``split`` under ``protocol`` (see the module docstring).
 
     With ``max_users`` smaller than the split, that many users are chosen at random
     (by the same seed) and kept in split order."""
-    if protocol not in PROTOCOLS:
-        raise ValidationError(f"unknown evaluation protocol {protocol!r}; expected one of {', '.join(PROTOCOLS)}")
-    if split not in SPLITS:
-        raise ValidationError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}")
+    check_protocol(protocol, split)
     if negatives < 0 or (max_users is not None and max_users < 1):
         raise ValidationError(f"negatives must be >= 0 and max_users >= 1, got {negatives} and {max_users}")
     sequences = data.split(split)

@@ -8,6 +8,9 @@ scores are identical in a fresh process.
 
 Also here, because it composes sources too: the fixed linear merge baseline (peft's
 ``add_weighted_adapter``, method ``linear-merge``) with only the head trained.
+
+torch, transformers and peft are imported only inside the functions that build or run
+a model: listing and showing compositions reads the registry alone and starts fast.
 """
 
 from __future__ import annotations
@@ -19,19 +22,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
-import torch
 from sqlalchemy import select
 from sqlalchemy.orm import selectinload
 
 from .adapters import (PEFT_WEIGHTS, _signals_interrupt, resolve_adapter, store_folder,
                        write_folder)
 from .errors import ConflictError, ModelError, NotFoundError, ValidationError
+from .progress import AUTO, training_display
 from .registry import Registry, validate_name
 from .schema import AdapterVersion, Composition, CompositionSource, Domain
 
 if TYPE_CHECKING:  # pragma: no cover
     from .scorer import Scorer
-    from .training import TrainingConfig, TrainingProgress
+    from .training import Deadline, TrainingConfig, TrainingProgress, TrainingResult
     from .xcross import XCrossConfig
 
 METHODS = ("xcross", "linear-merge")
@@ -91,27 +94,17 @@ def _source_folders(registry: Registry, versions: Sequence[AdapterVersion]) -> I
                for i, v in enumerate(versions)]
 
 
-class XCrossStates(torch.nn.Module):
-    """The multi-stream X-Cross encoder as a scorer encoder: the mixed final states."""
-
-    def __init__(self, xcross) -> None:
-        super().__init__()
-        self.xcross = xcross
-
-    def forward(self, input_ids, attention_mask):
-        return self.xcross(input_ids, attention_mask).hidden_state
-
-
 def build_scorer(registry: Registry, versions: Sequence[AdapterVersion], *, method: str = "xcross",
                  mode: str | None = None, xcross_config: "XCrossConfig | None" = None) -> "Scorer":
     """A fresh composed scorer over ``versions``; only integrators, mix and head train.
 
     The head starts as the average of the sources' heads when they have the same
     shape (each stream starts as its source model, and the mix as their average)."""
+    import torch
     from peft import LoraConfig
     from safetensors.torch import load_file
 
-    from .scorer import HEAD_FILE, LoraEncoder, Scorer, ScorerConfig, load_base_model
+    from .scorer import HEAD_FILE, LoraEncoder, Scorer, ScorerConfig, XCrossStates, load_base_model
     from .xcross import LoraSource, XCrossConfig, XCrossEncoder
 
     if method not in METHODS:
@@ -168,32 +161,60 @@ def compose(registry: Registry, sources: Sequence[str], target: str, *, name: st
             method: str = "xcross", mode: str | None = None,
             xcross_config: "XCrossConfig | None" = None,
             training_config: "TrainingConfig | None" = None, template: str | None = None,
-            progress: "Callable[[TrainingProgress], None] | None" = None) -> Composition:
-    """Train a composition of ``sources`` for ``target`` and register it with its lineage."""
-    from safetensors.torch import save_file
+            progress: "Callable[[TrainingProgress], None] | str | None" = AUTO,
+            should_stop: "Callable[[], bool] | None" = None,
+            deadline: "Deadline | None" = None) -> Composition:
+    """Train a composition of ``sources`` for ``target`` and register it with its lineage.
 
-    from .training import TrainingConfig, train_scorer
+    ``deadline`` bounds the run (default: ``training_config.max_minutes`` from this
+    call's start; the CLI passes one from the command's start).  Under a
+    multi-process launch every process trains, the main process alone writes the
+    artifacts and the registry row, and every process returns that row."""
+    import time
+
+    from .training import Deadline, TrainingConfig, is_main_process, train_scorer, wait_for_main
     from .xcross import XCrossConfig
 
+    started = time.perf_counter()
+    training_config = training_config or TrainingConfig()
+    deadline = deadline or Deadline.for_config(training_config)
     name = validate_name(name or f"{target}-{'x' if method == 'xcross' else 'merge'}",
                          "composition")
     _check_free(registry, name)
     versions = check_sources(registry, sources, target)
-    training_config = training_config or TrainingConfig()
     xcross_config = xcross_config or XCrossConfig()
     prompt = registry.domain_type(target).template(template)
     scorer = build_scorer(registry, versions, method=method, mode=mode, xcross_config=xcross_config)
     counts = parameter_counts(scorer, versions)
     data = registry.domain_data(target)
-    with _signals_interrupt(), registry.store.staging_folder("compose") as folder:
-        result = train_scorer(scorer, data, prompt, training_config, progress=progress)
+    with _signals_interrupt(), training_display(progress) as report:
+        result = train_scorer(scorer, data, prompt, training_config, progress=report,
+                              should_stop=should_stop, deadline=deadline)
+        if is_main_process():
+            # Measured now, from the weights just trained, so `show --plot` needs no model.
+            integration = (measure_integration(scorer, data, prompt, name, [v.label for v in versions])
+                           if method == "xcross" else None)
+            _register(registry, name, scorer, result, versions, method, xcross_config,
+                      training_config, counts, prompt.key, target, time.perf_counter() - started,
+                      integration)
+    return composition(registry, wait_for_main(name))
+
+
+def _register(registry: Registry, name: str, scorer: "Scorer", result: "TrainingResult",
+              versions: Sequence[AdapterVersion], method: str, xcross_config: "XCrossConfig",
+              training_config: "TrainingConfig", counts: ParameterCounts, template_key: str,
+              target: str, wall_seconds: float, integration: dict[str, Any] | None = None) -> None:
+    """Store what a composition trained and add its row with its lineage, atomically."""
+    from safetensors.torch import save_file
+
+    with registry.store.staging_folder("compose") as folder:
         trained = {key: tensor.detach().float().cpu().contiguous()
                    for key, tensor in scorer.trainable_state().items()}
         save_file(trained, str(folder / TRAINED_FILE), metadata={"format": "pt"})
         settings = {"method": method, "scorer": scorer.config.to_dict(),
                     "base_model": scorer.base.to_dict(),
                     "xcross": xcross_config.to_dict() if method == "xcross" else None,
-                    "template": prompt.key,
+                    "template": template_key,
                     "sources": [{"adapter": v.label, "digest": v.artifact_digest} for v in versions]}
         (folder / SETTINGS_FILE).write_text(json.dumps(settings, indent=2, sort_keys=True) + "\n")
         digest = store_folder(registry, folder, kind="xreg.composition.v1")
@@ -204,17 +225,18 @@ def compose(registry: Registry, sources: Sequence[str], target: str, *, name: st
                 name=name, target_domain_id=target_row.id, artifact_digest=digest,
                 integrator_config={"method": method, "mode": scorer.config.mode,
                                    **({"xcross": xcross_config.to_dict()} if method == "xcross" else {}),
-                                   "parameters": counts.as_dict()},
-                training_config={"training": training_config.to_dict(), "template": prompt.key,
+                                   "parameters": counts.as_dict(),
+                                   **({"integration": integration} if integration else {})},
+                training_config={"training": training_config.to_dict(), "template": template_key,
                                  "validation": result.best_metrics, "best_epoch": result.best_epoch,
                                  "train_users": result.train_users,
-                                 "seconds": round(result.seconds, 1)},
+                                 "seconds": round(result.seconds, 1),
+                                 "run": result.run_record(wall_seconds)},
                 trainable_parameters=counts.integrator_parameters + counts.head_parameters,
                 data_fingerprint=target_row.data_fingerprint)
             row.sources = [CompositionSource(position=i, adapter_version_id=v.id)
                            for i, v in enumerate(versions)]
             session.add(row)
-    return composition(registry, name)
 
 
 def _check_free(registry: Registry, name: str, session=None) -> None:
@@ -295,24 +317,39 @@ def as_dict(row: Composition) -> dict[str, Any]:
 
 
 def integration_weights(registry: Registry, name: str, users: int = 64) -> dict[str, Any]:
-    """What the trained integrators do, measured on target validation prompts.
-
-    Returns the sources and, per integrating layer, the mean integration scalar z for
-    each (stream, other stream, term): which source each stream leans on, layer by
-    layer (term β: take the other stream's state; term γ: move away from it)."""
-    scorer, row = load_composition(registry, name)
+    """What the trained integrators do (see :func:`measure_integration`): as recorded
+    when the composition was trained, without loading a model; measured again from the
+    stored weights for compositions registered before that record existed."""
+    row = composition(registry, name)
     if row.integrator_config.get("method") != "xcross":
         raise ValidationError(f"{name} is a {row.integrator_config.get('method')} baseline: "
                               "it has no integrators")
+    if row.integrator_config.get("integration"):
+        return row.integrator_config["integration"]
+    scorer, row = load_composition(registry, name)
     data = registry.domain_data(row.target_domain.name)
     template = registry.domain_type(row.target_domain.name).template_for(row.training_config.get("template"))
+    return measure_integration(scorer, data, template, name, [s.adapter.label for s in row.sources],
+                               users)
+
+
+def measure_integration(scorer: "Scorer", data, template, name: str, sources: Sequence[str],
+                        users: int = 64) -> dict[str, Any]:
+    """The mean integration scalar z of an X-Cross scorer on target validation prompts,
+    per integrating layer and (stream, other stream, term): which source each stream
+    leans on, layer by layer (term β: take the other stream's state; term γ: move away
+    from it), plus the final mixing weights."""
+    import torch
+
     sequences = (data.valid or data.train)[:users]
     prompts = [template.render([data.items[i] for i in s.history], data.items[s.target],
                                scorer.tokenizer, scorer.config.max_length) for s in sequences]
     inputs = scorer.tokenize(prompts)
-    weights = scorer.encoder.xcross.integration_weights(inputs["input_ids"], inputs["attention_mask"])
-    return {"name": name, "sources": [s.adapter.label for s in row.sources],
-            "mix": scorer.encoder.xcross.mix.detach().tolist(),
+    with torch.inference_mode():
+        weights = scorer.encoder.xcross.integration_weights(inputs["input_ids"].to(scorer.device),
+                                                            inputs["attention_mask"].to(scorer.device))
+    return {"name": name, "sources": list(sources),
+            "mix": scorer.encoder.xcross.mix.detach().float().cpu().tolist(),
             "layers": [{"layer": w.layer, "mean": _json_grid(w.mean), "mean_abs": _json_grid(w.mean_abs)}
                        for w in weights]}
 

@@ -12,7 +12,7 @@ import hashlib
 import json
 import statistics
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Callable, NoReturn, Sequence
 
 from .templates import PromptTemplate
 
@@ -22,16 +22,22 @@ MISSING_TITLE = "(untitled item)"
 
 @dataclass(frozen=True)
 class Item:
-    """One catalogue entry: the source's id and the text a prompt shows for it."""
+    """One catalogue entry: the source's id and the text a prompt shows for it.
+
+    A blank title (or the text ``nan`` that spreadsheets write for one) becomes
+    :data:`MISSING_TITLE`, so a prompt still renders.  A title that is not a string at
+    all is kept as given and refused by :func:`validate_domain_data`: silently turning
+    ``None`` or a float NaN into text would hide a loader bug; a plugin whose source
+    really lacks titles says so with :func:`xcross_registry.plugin_helpers.title_text`.
+    """
 
     id: str
     title: str
     fields: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        # Real catalogues have missing or NaN titles; a prompt must still render.
         title = self.title
-        if not isinstance(title, str) or not title.strip() or title.strip().lower() == "nan":
+        if isinstance(title, str) and (not title.strip() or title.strip().lower() == "nan"):
             object.__setattr__(self, "title", MISSING_TITLE)
 
 
@@ -112,12 +118,19 @@ class DomainType:
     ``load`` receives the ``--data`` location string given by the user and returns a
     :class:`DomainData`; it raises :class:`xcross_registry.errors.DataError` naming the
     file when the data is missing or malformed.  The first template is the default.
+
+    ``locate`` turns the location the user typed into the one the registry stores and
+    later passes to ``load`` again, from any working directory.  By default
+    (``None``) the path part of ``PATH[?options]`` is made absolute when it exists
+    (:func:`xcross_registry.plugin_helpers.absolute_location`); a plugin whose
+    locations are not paths (the ``synthetic`` recipes) gives a function that keeps them.
     """
 
     name: str
     load: Callable[[str], DomainData]
     templates: Sequence[PromptTemplate]
     description: str = ""
+    locate: Callable[[str], str] | None = None
 
     @property
     def default_template(self) -> PromptTemplate:
@@ -134,10 +147,130 @@ class DomainType:
         known = ", ".join(t.key for t in self.templates)
         raise NotFoundError(f"domain type {self.name!r} has no prompt template {name!r} (known: {known})")
 
-    def template_for(self, key: str | None) -> PromptTemplate:
+    def template_for(self, key: str | None, requested: str | None = None) -> PromptTemplate:
         """The template a model was trained with (``name@version``) when this domain type
-        offers it, else its default: a model scores another domain in that domain's words."""
+        offers it, else its default: a model scores another domain in that domain's words.
+
+        ``requested`` (``--template NAME``) overrides both; an unknown one is refused."""
+        if requested is not None:
+            return self.template(requested)
         for template in self.templates:
             if template.key == key:
                 return template
         return self.default_template
+
+
+# ---- the data contract, checked on every loader's output ------------------------------
+
+MIN_SEQUENCE_LENGTH = 2  # a history of at least one item, then the target
+REQUIRED_SPLITS = ("train", "test")  # "valid" may be empty: training then keeps the last epoch
+
+
+def validate_domain_type(domain_type: DomainType) -> None:
+    """Refuse a domain type that cannot serve prompts (no templates, or not templates).
+
+    Raises :class:`~xcross_registry.errors.PluginError` naming the domain type."""
+    from .errors import PluginError
+
+    where = f"plugin {domain_type.name!r}"
+    if not callable(domain_type.load):
+        raise PluginError(f"{where}: load is {type(domain_type.load).__name__}, not a function")
+    templates = domain_type.templates
+    if isinstance(templates, (str, PromptTemplate)) or not isinstance(templates, Sequence):
+        raise PluginError(f"{where}: templates must be a list of PromptTemplate, "
+                          f"got {type(templates).__name__}")
+    if not templates:
+        raise PluginError(f"{where}: registers no prompt template; give at least one PromptTemplate")
+    seen: set[str] = set()
+    for position, template in enumerate(templates):
+        if not isinstance(template, PromptTemplate):
+            raise PluginError(f"{where}: template {position} is a {type(template).__name__}, "
+                              "not a PromptTemplate")
+        if template.key in seen:
+            raise PluginError(f"{where}: two templates are called {template.key}")
+        seen.add(template.key)
+
+
+def validate_domain_data(data: DomainData, domain_type: DomainType, location: str) -> None:
+    """Check a loader's output against the data contract (docs/plugins.md), so that a
+    broken loader fails at ``add-domain`` with one line instead of deep inside training.
+
+    Checks: items are :class:`Item` with string ids and titles; every split is a list
+    of :class:`UserSequence`; ``train`` and ``test`` have users; each sequence has at
+    least :data:`MIN_SEQUENCE_LENGTH` integer indices into ``items``; no user is in two
+    splits (or twice in one); and every template renders.  Raises
+    :class:`~xcross_registry.errors.DataError` naming the plugin, the split and the
+    offending user or item (:class:`~xcross_registry.errors.PluginError` for a
+    template that does not render).
+    """
+    from .errors import DataError
+
+    where = f"plugin {domain_type.name!r} loaded {location} but"
+
+    def fail(problem: str) -> NoReturn:
+        raise DataError(f"{where} {problem}")
+
+    if not isinstance(data.items, list) or not data.items:
+        fail("the catalogue (items) is empty" if isinstance(data.items, list)
+             else f"items is a {type(data.items).__name__}, not a list")
+    for index, item in enumerate(data.items):
+        if not isinstance(item, Item):
+            fail(f"item {index} is a {type(item).__name__}, not an Item")
+        if not isinstance(item.id, str):
+            fail(f"item {index} has an id of type {type(item.id).__name__}, not a string")
+        if not isinstance(item.title, str):
+            fail(f"item {index} ({item.id!r}) has a title of type {type(item.title).__name__} "
+                 f"({item.title!r}), not a string")
+        if not isinstance(item.fields, dict):
+            fail(f"item {index} ({item.id!r}) has fields of type {type(item.fields).__name__}, "
+                 "not a dict")
+    n_items = len(data.items)
+    seen: dict[str, str] = {}
+    for split in SPLITS:
+        sequences = getattr(data, split)
+        if not isinstance(sequences, list):
+            fail(f"split {split!r} is a {type(sequences).__name__}, not a list")
+        if not sequences and split in REQUIRED_SPLITS:
+            fail(f"split {split!r} has no users")
+        for position, seq in enumerate(sequences):
+            if not isinstance(seq, UserSequence):
+                fail(f"split {split!r} entry {position} is a {type(seq).__name__}, "
+                     "not a UserSequence")
+            if not isinstance(seq.user, str) or not seq.user:
+                fail(f"split {split!r} entry {position} has user {seq.user!r}; "
+                     "users must be non-empty strings")
+            user = f"split {split!r}, user {seq.user!r}"
+            if seq.user in seen:
+                other = seen[seq.user]
+                fail(f"{user} is also in split {other!r}; splits must be disjoint by user"
+                     if other != split else f"{user} appears twice")
+            seen[seq.user] = split
+            if not isinstance(seq.items, (tuple, list)):
+                fail(f"{user}: items is a {type(seq.items).__name__}, not a tuple of indices")
+            if len(seq.items) < MIN_SEQUENCE_LENGTH:
+                fail(f"{user} has {len(seq.items)} item(s); a sequence needs at least "
+                     f"{MIN_SEQUENCE_LENGTH} (a history and the target)")
+            for index in seq.items:
+                if type(index) is not int:
+                    fail(f"{user}: item index {index!r} is a {type(index).__name__}, not an int")
+                if not 0 <= index < n_items:
+                    fail(f"{user}: item index {index} is outside the catalogue of {n_items} "
+                         f"items (0..{n_items - 1})")
+    for template in domain_type.templates:
+        render_prompts(domain_type, template, data, "test", data.test[0])
+
+
+def render_prompts(domain_type: DomainType, template: PromptTemplate, data: DomainData,
+                   split: str, seq: UserSequence) -> tuple[str, str, str]:
+    """The cross, query and document prompts ``template`` makes for ``seq`` (its
+    history and target), or a :class:`~xcross_registry.errors.PluginError` naming the
+    template, split and user when the layout cannot render."""
+    from .errors import PluginError
+
+    history, target = [data.items[i] for i in seq.history], data.items[seq.target]
+    try:
+        return (template.render(history, target), template.render_query(history),
+                template.render_document(target))
+    except Exception as exc:  # a layout with an unknown field or without {candidate}
+        raise PluginError(f"plugin {domain_type.name!r}: template {template.key} cannot render "
+                          f"split {split!r}, user {seq.user!r} ({type(exc).__name__}: {exc})") from None

@@ -36,3 +36,14 @@ class PluginError(XregError):
 
 class ModelError(XregError):
     """A base model or adapter cannot be loaded, or does not fit the model it is used with."""
+
+
+class DatabaseError(XregError):
+    """The registry database cannot be used: a bad URL, a missing driver, a corrupt or
+    read-only file, or a schema written by a newer xcross-registry.  Messages show the
+    URL with its password masked."""
+
+
+class XregWarning(UserWarning):
+    """Something the user asked for was adjusted rather than refused (an ignored
+    ``--bf16``, say); the CLI prints it as one ``warning: ...`` line."""

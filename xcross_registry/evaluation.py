@@ -15,15 +15,18 @@ from typing import Callable, Sequence
 import numpy as np
 import safetensors.numpy
 
-from .candidates import CandidateSet, exclusion_mask
+from .candidates import CandidateSet, check_protocol, exclusion_mask
 from .data import DomainData
 from .errors import ValidationError
 from .metrics import DEFAULT_KS, full_ranks, sampled_ranks, summarize
+from .progress import task
 from .registry import Registry
 from .schema import EvaluationResult
+from .subjects import require_dual, resolve_subject
 
-# score(data, split, user_indices, candidate_matrix [U, C]) -> scores [U, C]
-ScoreFunction = Callable[[DomainData, str, Sequence[int], np.ndarray], np.ndarray]
+# score(data, split, user_indices, candidate_matrix [U, C], progress=None) -> scores [U, C];
+# progress(done, total), when given, follows the work (see xcross_registry.progress).
+ScoreFunction = Callable[..., np.ndarray]
 
 FULL_PROTOCOL_USERS_PER_CHUNK = 64
 
@@ -52,6 +55,14 @@ class Evaluation:
                 "data_fingerprint": self.data_fingerprint, **self.extra}
 
 
+def check_options(protocol: str = "sampled", split: str = "test", max_users: int | None = None,
+                  seed: int = 0) -> None:
+    """The evaluation options a user gives, checked before any model is loaded."""
+    check_protocol(protocol, split)
+    if max_users is not None and max_users < 1:
+        raise ValidationError(f"--max-users must be at least 1, not {max_users}")
+
+
 def choose_users(candidates: CandidateSet, max_users: int | None, seed: int) -> np.ndarray:
     """Rows of the stored set to evaluate: all of them, or the first ``max_users`` of a
     seeded permutation (so a smaller evaluation is a subset of a larger one)."""
@@ -69,18 +80,22 @@ def evaluate_scores(registry: Registry, domain: str, score: ScoreFunction, *, su
                     adapter_version_id: int | None = None, composition_id: int | None = None,
                     extra: dict | None = None) -> Evaluation:
     """Score ``domain``'s stored candidates with ``score`` and record the result."""
+    check_options(protocol, split, max_users)
     data = registry.domain_data(domain)
     candidates, candidates_digest = registry.candidate_set(domain, split, protocol, seed)
     rows = choose_users(candidates, max_users, seed)
     users = candidates.users[rows]
-    if protocol == "full":
-        ranks = _full_catalogue_ranks(data, split, users, candidates.positives[rows], score)
-    else:
-        matrix = candidates.candidates[rows]
-        scores = np.asarray(score(data, split, users.tolist(), matrix), dtype=np.float64)
-        if scores.shape != matrix.shape:
-            raise ValidationError(f"scorer returned {scores.shape} scores for {matrix.shape} candidates")
-        ranks = sampled_ranks(scores)
+    with task(f"evaluating {subject_name} on {domain}") as progress:
+        if protocol == "full":
+            ranks = _full_catalogue_ranks(data, split, users, candidates.positives[rows], score,
+                                          progress)
+        else:
+            matrix = candidates.candidates[rows]
+            scores = np.asarray(score(data, split, users.tolist(), matrix, progress=progress),
+                                dtype=np.float64)
+            if scores.shape != matrix.shape:
+                raise ValidationError(f"scorer returned {scores.shape} scores for {matrix.shape} candidates")
+            ranks = sampled_ranks(scores)
     summary = summarize(ranks, ks, seed=seed)
     metrics = {name: {"mean": s.mean, "low": s.low, "high": s.high} for name, s in summary.items()}
     ranks_digest = registry.store.put_bytes(safetensors.numpy.save(
@@ -103,8 +118,10 @@ def evaluate_scores(registry: Registry, domain: str, score: ScoreFunction, *, su
 
 
 def _full_catalogue_ranks(data: DomainData, split: str, users: np.ndarray, positives: np.ndarray,
-                          score: ScoreFunction) -> np.ndarray:
-    """Rank each positive against every catalogue item the user has not interacted with."""
+                          score: ScoreFunction,
+                          progress: Callable[[int, int], None] | None = None) -> np.ndarray:
+    """Rank each positive against every catalogue item the user has not interacted with;
+    ``progress(users done, users)`` after each chunk."""
     catalogue = np.arange(len(data.items), dtype=np.int64)
     ranks = []
     for start in range(0, len(users), FULL_PROTOCOL_USERS_PER_CHUNK):
@@ -113,11 +130,13 @@ def _full_catalogue_ranks(data: DomainData, split: str, users: np.ndarray, posit
         scores = np.asarray(score(data, split, chunk.tolist(), matrix), dtype=np.float64)
         ranks.append(full_ranks(scores, positives[start:start + len(chunk)],
                                 exclude=exclusion_mask(data, split, chunk)))
+        if progress is not None:
+            progress(start + len(chunk), len(users))
     return np.concatenate(ranks)
 
 
 def popularity_score(data: DomainData, split: str, users: Sequence[int],
-                     matrix: np.ndarray) -> np.ndarray:
+                     matrix: np.ndarray, progress=None) -> np.ndarray:
     """The popularity baseline: an item's score is its count in the training sequences."""
     return np.asarray(data.popularity(), dtype=np.float64)[matrix]
 
@@ -161,66 +180,98 @@ def scorer_score_function(scorer, template, batch_size: int = 64) -> ScoreFuncti
     """Adapt a :class:`~xcross_registry.scorer.Scorer` to :data:`ScoreFunction`."""
     from .training import score_candidates
 
-    def score(data: DomainData, split: str, users: Sequence[int], matrix: np.ndarray) -> np.ndarray:
-        return score_candidates(scorer, data, template, split, matrix, users, batch_size=batch_size)
+    def score(data: DomainData, split: str, users: Sequence[int], matrix: np.ndarray,
+              progress: Callable[[int, int], None] | None = None) -> np.ndarray:
+        return score_candidates(scorer, data, template, split, matrix, users, batch_size=batch_size,
+                                progress=progress)
 
     return score
 
 
 def evaluate_adapter(registry: Registry, label: str, domain: str | None = None,
-                     batch_size: int = 64, **options) -> Evaluation:
-    """Evaluate a registered adapter version on its own domain, or zero-shot on another."""
-    from .adapters import load_scorer
+                     batch_size: int = 64, template: str | None = None, **options) -> Evaluation:
+    """Evaluate a registered adapter version on its own domain, or zero-shot on another.
 
-    scorer, version = load_scorer(registry, label)
+    Names, options, data and template are all checked before the model loads."""
+    from .adapters import load_scorer, require_scorer, resolve_adapter
+
+    check_options(**options)
+    version = resolve_adapter(registry, label)
+    require_scorer(version.label, version.status)
     domain = domain or version.domain.name
-    template = registry.domain_type(domain).template_for(version.training_config.get("template"))
+    registry.domain_data(domain)  # an unknown or changed domain fails here, not after the load
+    trained = version.training_config.get("template")
+    prompt = registry.domain_type(domain).template_for(trained, template)
+    full = options.get("protocol") == "full"
+    if full:
+        require_dual(version.label, (version.training_config.get("scorer") or {}).get("mode"),
+                     "the full-catalogue protocol")
+    scorer, version = load_scorer(registry, version.label)
+    if full:  # an imported adapter's mode is known only now
+        require_dual(version.label, scorer.config.mode, "the full-catalogue protocol")
     zero_shot = domain != version.domain.name
     kind = "baseline" if version.status == "head-only" or zero_shot else "adapter"
     name = f"{version.label}:zero-shot" if zero_shot else version.label
     training = version.training_config.get("training", {})
     method = "zero-shot" if zero_shot else "head-only" if version.status == "head-only" else "lora"
-    if options.get("protocol") == "full" and scorer.config.mode != "dual":
-        raise ValidationError("the full-catalogue protocol needs a dual scorer; "
-                              f"{version.label} is a {scorer.config.mode} scorer")
-    return evaluate_scores(registry, domain, scorer_score_function(scorer, template, batch_size),
-                           subject_kind=kind, subject_name=name, adapter_version_id=version.id,
+    return evaluate_scores(registry, domain, scorer_score_function(scorer, prompt, batch_size),
+                           subject_kind=kind, subject_name=_prompted(name, template, trained, prompt.key),
+                           adapter_version_id=version.id,
                            extra={"trainable_parameters": version.trainable_parameters,
+                                  "template": prompt.key,
                                   "mode": scorer.config.mode, "method": method,
                                   # the share of the evaluated domain's users it trained on
                                   "fraction": 0.0 if zero_shot else training.get("fraction"),
-                                  "training_seed": training.get("seed")},
+                                  "training_seed": training.get("seed"),
+                                  "run": _run_brief(version.training_config)},
                            **options)
 
 
 def evaluate_composition(registry: Registry, name: str, batch_size: int = 64,
-                         **options) -> Evaluation:
-    """Evaluate a registered composition on its target domain."""
+                         template: str | None = None, **options) -> Evaluation:
+    """Evaluate a registered composition on its target domain (checks before the load)."""
+    check_options(**options)
+    subject = resolve_subject(registry, name, composition_only=True)
+    registry.domain_data(subject.domain)
+    prompt = registry.domain_type(subject.domain).template_for(subject.template, template)
+    if options.get("protocol") == "full":
+        require_dual(name, subject.mode, "the full-catalogue protocol")
     from .composer import load_composition
 
     scorer, row = load_composition(registry, name)
     domain = row.target_domain.name
-    template = registry.domain_type(domain).template_for(row.training_config.get("template"))
-    if options.get("protocol") == "full" and scorer.config.mode != "dual":
-        raise ValidationError(f"the full-catalogue protocol needs a dual scorer; {name} is "
-                              f"a {scorer.config.mode} composition")
     method = row.integrator_config.get("method", "xcross")
     training = row.training_config.get("training", {})
-    return evaluate_scores(registry, domain, scorer_score_function(scorer, template, batch_size),
+    return evaluate_scores(registry, domain, scorer_score_function(scorer, prompt, batch_size),
                            subject_kind="composition" if method == "xcross" else "baseline",
-                           subject_name=name, composition_id=row.id,
+                           subject_name=_prompted(name, template, subject.template, prompt.key),
+                           composition_id=row.id,
                            extra={"trainable_parameters": row.trainable_parameters,
+                                  "template": prompt.key,
                                   "mode": scorer.config.mode, "method": method,
                                   "fraction": training.get("fraction"), "training_seed": training.get("seed"),
-                                  "sources": [s.adapter.label for s in row.sources]},
+                                  "sources": [s.adapter.label for s in row.sources],
+                                  "run": _run_brief(row.training_config)},
                            **options)
+
+
+def _prompted(name: str, requested: str | None, trained: str | None, used: str) -> str:
+    """A subject scored with another prompt than it was trained with (``--template``)
+    is its own row on the leaderboard: ``toys@v1:prompt=short@1``."""
+    return name if requested is None or used == trained else f"{name}:prompt={used}"
+
+
+def _run_brief(training_config: dict) -> dict | None:
+    """What a leaderboard shows of the evaluated model's training run (``None`` for
+    imported adapters and models trained before runs were recorded)."""
+    run = training_config.get("run")
+    return {key: run[key] for key in ("stop_reason", "examples_seen", "optimizer_steps",
+                                      "epochs_completed")} if run else None
 
 
 def evaluate_named(registry: Registry, name: str, **options) -> Evaluation:
     """A composition when ``name`` is one, else an adapter label."""
-    from .composer import composition_exists
-
-    if composition_exists(registry, name):
+    if resolve_subject(registry, name).kind == "composition":
         return evaluate_composition(registry, name, **options)
     return evaluate_adapter(registry, name, **options)
 

@@ -13,7 +13,8 @@ A plugin is a module with functions decorated by :data:`hookimpl`::
         register(DomainType(name="books", load=load_books,
                             templates=[PromptTemplate(name="books", version=1)]))
 
-and one entry point in the group ``xcross_registry`` that names that module.
+and one entry point in the group ``xcross_registry`` that names that module.  The
+data contract, the helpers and the test kit are described in docs/plugins.md.
 """
 
 from __future__ import annotations

@@ -49,7 +49,7 @@ def leaderboard(registry: Registry, domain: str, protocol: str | None = None) ->
                  "trainable_parameters": row.get("trainable_parameters", 0),
                  "fraction": row.get("fraction"), "mode": row.get("mode"),
                  "method": row.get("method"), "training_seed": row.get("training_seed"),
-                 "sources": row.get("sources"),
+                 "sources": row.get("sources"), "run": row.get("run"),
                  "metrics": {name: row["metrics"][name] for name in COLUMNS if name in row["metrics"]},
                  "evaluation_id": row["id"], "created": row["created"]}
         board.rows = [r for r in board.rows if r["subject"] != entry["subject"]] + [entry]

@@ -5,6 +5,11 @@ Plugins are found through the entry-point group ``xcross_registry``; the built-i
 set, is an allowlist of entry-point names (comma-separated; the empty string loads
 none).  A plugin that fails to import, or raises inside a hook, is recorded with its
 error and skipped: ``xreg plugins`` shows it, and every other command keeps working.
+
+Three names meet here (docs/plugins.md): the *entry-point name* (what the allowlist
+and ``xreg plugins`` say), the *module* it points at, and the *domain-type name* each
+registered :class:`DomainType` carries (what ``add-domain --plugin`` takes).  When a
+user gives one where another is expected, the error says which name to use instead.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import pluggy
 from . import hookspecs
 from .data import DomainType
 from .errors import NotFoundError, PluginError
+from .templates import PromptTemplate
 
 ENTRY_POINT_GROUP = "xcross_registry"
 
@@ -33,13 +39,32 @@ class PluginInfo:
     domain_types: list[str] = field(default_factory=list)
     error: str | None = None
 
-    def as_dict(self) -> dict:
-        return {"name": self.name, "module": self.module, "version": self.version,
-                "domain_types": self.domain_types, "error": self.error}
+    def as_dict(self, domain_types: dict[str, DomainType] | None = None) -> dict:
+        """JSON form; with the loaded ``domain_types`` also each type's description and
+        templates (what ``xreg plugins`` lists)."""
+        document = {"name": self.name, "module": self.module, "version": self.version,
+                    "domain_types": self.domain_types, "error": self.error}
+        if domain_types is not None:
+            document["domain_type_details"] = [describe_domain_type(domain_types[name])
+                                               for name in self.domain_types]
+        return document
+
+
+def describe_domain_type(domain_type: DomainType) -> dict:
+    """Name, description and templates of a domain type, for listings.  Malformed
+    templates are left out here (listing must not fail); ``add-domain`` refuses them."""
+    templates = domain_type.templates if isinstance(domain_type.templates, (list, tuple)) else []
+    return {"name": domain_type.name, "description": domain_type.description,
+            "templates": [{"key": t.key, "description": t.description}
+                          for t in templates if isinstance(t, PromptTemplate)]}
 
 
 class PluginSet:
-    """The loaded plugins and the domain types they contributed."""
+    """The loaded plugins and the domain types they contributed.
+
+    ``not_allowed`` holds installed entry points that ``XREG_LOAD_PLUGINS`` left out
+    (name → module), and ``unmatched`` the allowlist names that match no entry point,
+    so that messages can explain a plugin that seems to be missing."""
 
     def __init__(self) -> None:
         self.manager = pluggy.PluginManager(hookspecs.PROJECT_NAME)
@@ -47,6 +72,8 @@ class PluginSet:
         self.plugins: dict[str, PluginInfo] = {}
         self.domain_types: dict[str, DomainType] = {}
         self._type_owner: dict[str, str] = {}
+        self.not_allowed: dict[str, str] = {}
+        self.unmatched: list[str] = []
 
     def add(self, module: ModuleType, name: str, version: str | None = None) -> PluginInfo:
         """Register an imported plugin module and collect what its hooks contribute."""
@@ -85,15 +112,44 @@ class PluginSet:
         self.plugins[name] = PluginInfo(name=name, module=module, version=version,
                                         error=_describe(error))
 
+    def owner(self, domain_type: str) -> PluginInfo | None:
+        """The plugin (entry point) that registered ``domain_type``, if it is loaded."""
+        name = self._type_owner.get(domain_type)
+        return self.plugins.get(name) if name is not None else None
+
     def domain_type(self, name: str) -> DomainType:
-        try:
+        """The domain type called ``name``; the error for any other name says what
+        ``name`` is instead (a plugin's entry point or module, a plugin left out by the
+        allowlist, a plugin that failed) and what to type."""
+        if name in self.domain_types:
             return self.domain_types[name]
-        except KeyError:
-            broken = self.plugins.get(name)
-            if broken is not None and broken.error:
-                raise PluginError(f"plugin {name!r} failed to load: {broken.error}") from None
-            known = ", ".join(sorted(self.domain_types)) or "none"
-            raise NotFoundError(f"unknown plugin {name!r} (domain types available: {known})") from None
+        broken = self.plugins.get(name)
+        if broken is not None and broken.error:
+            raise PluginError(f"plugin {name!r} failed to load: {broken.error}")
+        for info in self.plugins.values():
+            if name in (info.name, info.module) and info.domain_types:
+                types = ", ".join(info.domain_types)
+                raise NotFoundError(f"{name!r} is the {'entry point' if name == info.name else 'module'} "
+                                    f"of plugin {info.name!r}; --plugin takes a domain type name: {types}")
+        typo = (f" (it names {', '.join(map(repr, self.unmatched))}, which match no installed plugin)"
+                if self.unmatched else "")
+        for entry_point, module in self.not_allowed.items():
+            if name in (entry_point, module):
+                raise NotFoundError(f"plugin {entry_point!r} is installed but not allowed by "
+                                    f"XREG_LOAD_PLUGINS={os.environ.get('XREG_LOAD_PLUGINS', '')!r}; "
+                                    f"add {entry_point} to it{typo}")
+        known = ", ".join(sorted(self.domain_types)) or "none"
+        message = f"unknown plugin {name!r} (domain types available: {known})"
+        if self.not_allowed:
+            message += (f"; installed but not allowed by XREG_LOAD_PLUGINS: "
+                        f"{', '.join(sorted(self.not_allowed))}{typo}")
+        raise NotFoundError(message)
+
+    def warnings(self) -> list[str]:
+        """Allowlist names that match no installed plugin (a likely typo)."""
+        installed = ", ".join(sorted({*self.plugins, *self.not_allowed})) or "none"
+        return [f"XREG_LOAD_PLUGINS names {name!r}, which matches no installed plugin "
+                f"(installed: {installed})" for name in self.unmatched]
 
 
 def _describe(exc: BaseException) -> str:
@@ -111,8 +167,12 @@ def discover() -> PluginSet:
     """Load every allowed entry point of the group into a fresh :class:`PluginSet`."""
     plugin_set = PluginSet()
     allowed = allowlist()
-    for entry_point in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
+    found = sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name)
+    if allowed is not None:
+        plugin_set.unmatched = sorted(allowed - {entry_point.name for entry_point in found})
+    for entry_point in found:
         if allowed is not None and entry_point.name not in allowed:
+            plugin_set.not_allowed[entry_point.name] = entry_point.value
             continue
         if entry_point.name in plugin_set.plugins:
             continue  # the same distribution seen twice on sys.path

@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-from pathlib import Path
+import shlex
 from typing import TYPE_CHECKING, Any, Iterator
 
 from sqlalchemy import delete, func, or_, select
@@ -20,12 +20,12 @@ from sqlalchemy.orm import Session, selectinload
 
 from . import settings
 from .artifacts import ArtifactStore
-from .data import DomainData, DomainType
-from .database import open_session_factory
+from .data import DomainData, DomainType, Item, validate_domain_data, validate_domain_type
+from .database import display_url, explained_errors, open_session_factory
 from .errors import ConflictError, DataError, NotFoundError, PluginError, ValidationError, XregError
 from .plugins import PluginSet, get_plugins
 from .schema import (AdapterVersion, Composition, CompositionSource, Domain,
-                     EvaluationResult, Tag)
+                     EvaluationResult, Tag, utcnow)
 from .schema import CandidateSet as CandidateSetRow
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -50,6 +50,8 @@ class Registry:
                  plugins: PluginSet | None = None) -> None:
         self.url = url or settings.database_url()
         self.sessions = open_session_factory(self.url)
+        # What may be printed: the password masked.
+        self.display_url = display_url(self.sessions.kw["bind"].url)
         self.store = ArtifactStore(artifacts or settings.artifacts_root())
         self._plugins = plugins
         self._data_cache: dict[str, DomainData] = {}
@@ -62,8 +64,11 @@ class Registry:
 
     @contextlib.contextmanager
     def session(self) -> Iterator[Session]:
-        """A transaction: committed when the block ends, rolled back if it raises."""
-        with self.sessions.begin() as session:
+        """A transaction: committed when the block ends, rolled back if it raises.
+
+        A damaged database (a corrupt file, a missing table, a read-only file) raises
+        :class:`~xcross_registry.errors.DatabaseError` after the rollback."""
+        with explained_errors(self.sessions.kw["bind"].url), self.sessions.begin() as session:
             yield session
 
     # ---- domains -------------------------------------------------------------------
@@ -73,13 +78,14 @@ class Registry:
         validate_name(name)
         with self.session() as session:
             if session.scalar(select(Domain.id).where(Domain.name == name)) is not None:
-                raise ConflictError(f"domain {name!r} already exists")
+                raise ConflictError(f"domain {name!r} already exists; `xreg add-domain {name} "
+                                    f"--plugin {plugin} --data LOCATION --refresh` re-registers its data")
         domain_type = self.plugins.domain_type(plugin)
-        location = _normalise_location(data)
+        location = normalise_location(domain_type, data)
         loaded = load_with(domain_type, location)
         row = Domain(name=name, plugin=plugin, data_location=location,
                      data_fingerprint=loaded.fingerprint(), summary=loaded.summary(),
-                     description=description)
+                     description=description, plugin_version=self.plugin_version(plugin))
         try:
             with self.session() as session:
                 session.add(row)
@@ -87,6 +93,53 @@ class Registry:
             raise ConflictError(f"domain {name!r} already exists") from None
         self._data_cache[name] = loaded
         return row
+
+    def refresh_domain(self, name: str, plugin: str | None = None,
+                       data: str | None = None) -> tuple[Domain, bool]:
+        """Re-read a domain's data (from ``data``, or where it was registered) and make it
+        the domain's next data version when its fingerprint changed.
+
+        For data that changed on purpose: a loader fix in a new plugin version, new
+        files.  The domain keeps its name and its adapters and compositions keep their
+        rows, lineage and the fingerprint they were trained on; the replaced version is
+        kept in ``data_history``.  New evaluations use the new data (and so land on new
+        leaderboards, which are keyed by data fingerprint).  Returns the row and whether a
+        new data version was made; the same data at a new location (or read by a new
+        plugin version) only updates those fields."""
+        row = self.domain(name)
+        if plugin is not None and plugin != row.plugin:
+            raise ValidationError(f"domain {name!r} is read by plugin {row.plugin!r}, not {plugin!r}; "
+                                  "a refresh keeps the plugin (register other data under a new name)")
+        domain_type = self.plugins.domain_type(row.plugin)
+        location = normalise_location(domain_type, data) if data is not None else row.data_location
+        loaded = load_with(domain_type, location)
+        fingerprint = loaded.fingerprint()
+        version = self.plugin_version(row.plugin)
+        if fingerprint == row.data_fingerprint:  # same data: at most a new place or plugin version
+            if (location, version) != (row.data_location, row.plugin_version):
+                with self.session() as session:
+                    current = session.get(Domain, row.id)
+                    current.data_location, current.plugin_version = location, version
+            self._data_cache[name] = loaded
+            return self.domain(name), False
+        previous = {"fingerprint": row.data_fingerprint, "plugin_version": row.plugin_version,
+                    "data_location": row.data_location, "summary": row.summary,
+                    "replaced": utcnow().isoformat()}
+        with self.session() as session:
+            current = session.get(Domain, row.id)
+            current.data_history = [*(current.data_history or []), previous]
+            current.data_fingerprint = fingerprint
+            current.data_location = location
+            current.summary = loaded.summary()
+            current.plugin_version = version
+        self._data_cache[name] = loaded
+        return self.domain(name), True
+
+    def plugin_version(self, domain_type: str) -> str | None:
+        """The installed version of the distribution that provides ``domain_type``
+        (``None`` when unknown: a plugin that is not an installed distribution)."""
+        owner = self.plugins.owner(domain_type)
+        return owner.version if owner is not None else None
 
     def domains(self) -> list[Domain]:
         with self.session() as session:
@@ -107,13 +160,32 @@ class Registry:
         row = self.domain(name)
         loaded = load_with(self.plugins.domain_type(row.plugin), row.data_location)
         if loaded.fingerprint() != row.data_fingerprint:
-            raise DataError(f"the data of domain {name!r} at {row.data_location} changed since "
-                            "it was registered (fingerprint differs); register it under a new name")
+            then, now = row.plugin_version or "unknown", self.plugin_version(row.plugin) or "unknown"
+            where = shlex.quote(row.data_location)
+            raise DataError(
+                f"the data of domain {name!r} at {row.data_location} changed since it was registered "
+                f"(fingerprint {row.data_fingerprint[:12]} -> {loaded.fingerprint()[:12]}; plugin "
+                f"{row.plugin!r} version {then} then, {now} now); to use it, run `xreg add-domain "
+                f"{name} --plugin {row.plugin} --data {where} --refresh` (keeps its adapters and "
+                f"their lineage) or register it as a new domain with `xreg add-domain NEW "
+                f"--plugin {row.plugin} --data {where}`")
         self._data_cache[name] = loaded
         return loaded
 
     def domain_type(self, name: str) -> DomainType:
         return self.plugins.domain_type(self.domain(name).plugin)
+
+    def find_items(self, name: str, search: str | None = None) -> list[Item]:
+        """Catalogue items of domain ``name`` whose id or title contains every word of
+        ``search`` (case-insensitive), in catalogue order; all items without ``search``.
+
+        What a user looks up to write a ``recommend --history`` (titles or ids)."""
+        items = self.domain_data(name).items
+        words = (search or "").lower().split()
+        if not words:
+            return list(items)
+        return [item for item in items
+                if all(word in f"{item.id} {item.title}".lower() for word in words)]
 
     def dependents(self, name: str) -> dict[str, list[str]]:
         """Adapters and compositions that would lose their data if ``name`` went away."""
@@ -123,13 +195,15 @@ class Registry:
                 select(AdapterVersion).where(AdapterVersion.domain_id == domain.id)
                 .order_by(AdapterVersion.version)).all()
             adapter_ids = [a.id for a in adapters]
+            # Names, not whole rows, are made distinct: PostgreSQL cannot compare the
+            # rows' JSON columns.
             compositions = session.scalars(
-                select(Composition).outerjoin(CompositionSource).where(or_(
+                select(Composition.name).outerjoin(CompositionSource).where(or_(
                     Composition.target_domain_id == domain.id,
                     CompositionSource.adapter_version_id.in_(adapter_ids)))
                 .distinct().order_by(Composition.name)).all()
             return {"adapters": [f"{name}@v{a.version}" for a in adapters],
-                    "compositions": [c.name for c in compositions]}
+                    "compositions": list(compositions)}
 
     def remove_domain(self, name: str, force: bool = False) -> dict[str, list[str]]:
         """Remove a domain; with ``force`` also its adapters, compositions and results.
@@ -225,7 +299,10 @@ class Registry:
 
 
 def load_with(domain_type: DomainType, location: str) -> DomainData:
-    """Run a plugin's loader; anything but our own errors is reported as the plugin's."""
+    """Run a plugin's loader and check its output against the data contract
+    (:func:`~xcross_registry.data.validate_domain_data`); anything but our own errors
+    is reported as the plugin's."""
+    validate_domain_type(domain_type)
     try:
         loaded = domain_type.load(location)
     except XregError:
@@ -236,22 +313,38 @@ def load_with(domain_type: DomainType, location: str) -> DomainData:
     if not isinstance(loaded, DomainData):
         raise PluginError(f"plugin {domain_type.name!r} returned {type(loaded).__name__}, "
                           "not DomainData")
+    validate_domain_data(loaded, domain_type, location)
     return loaded
 
 
-def _normalise_location(data: str) -> str:
-    """Paths are stored absolute so the registry works from any folder; other location
-    strings (a synthetic recipe, say) are the plugin's business and kept as given."""
-    path = Path(data).expanduser()
-    return str(path.resolve()) if path.exists() else data
+def normalise_location(domain_type: DomainType, data: str) -> str:
+    """The location to store: the plugin's ``locate`` when it has one, else the path
+    part of ``PATH[?options]`` made absolute when it exists, so the registry works from
+    any folder (other strings, such as recipes, are kept as given)."""
+    from .plugin_helpers import absolute_location
+
+    locate = domain_type.locate or absolute_location
+    try:
+        location = locate(data)
+    except XregError:
+        raise
+    except Exception as exc:
+        raise PluginError(f"plugin {domain_type.name!r} cannot read the location {data!r}: "
+                          f"{type(exc).__name__}: {exc}") from exc
+    if not isinstance(location, str):
+        raise PluginError(f"plugin {domain_type.name!r}: locate returned "
+                          f"{type(location).__name__}, not a string")
+    return location
 
 
 def as_dict(row: Any) -> dict[str, Any]:
     """A row as JSON-ready data, for ``--json`` output and for Python callers."""
     if isinstance(row, Domain):
-        return {"name": row.name, "plugin": row.plugin, "data_location": row.data_location,
-                "data_fingerprint": row.data_fingerprint, "summary": row.summary,
-                "description": row.description, "created": row.created.isoformat()}
+        return {"name": row.name, "plugin": row.plugin, "plugin_version": row.plugin_version,
+                "data_location": row.data_location, "data_fingerprint": row.data_fingerprint,
+                "data_version": row.data_version, "data_history": row.data_history or [],
+                "summary": row.summary, "description": row.description,
+                "created": row.created.isoformat()}
     if isinstance(row, AdapterVersion):
         return {"domain": row.domain.name, "version": row.version,
                 "base_model": row.base_model.name, "lora_config": row.lora_config,

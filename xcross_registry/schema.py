@@ -15,7 +15,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 # Bumped together with every new revision in migrations/versions; a test checks that
 # it equals Alembic's head, so startup can compare versions without importing Alembic.
-SCHEMA_HEAD = "0001"
+SCHEMA_HEAD = "0002"
 VERSION_TABLE = "xreg_schema_version"
 
 
@@ -54,8 +54,19 @@ class Domain(Base):
     summary: Mapped[dict[str, Any]] = mapped_column(default=dict)
     description: Mapped[str] = mapped_column(Text, default="")
     created: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    # The version of the plugin's distribution that loaded the data (None: unknown,
+    # registered before revision 0002 or by a plugin that is not an installed package).
+    plugin_version: Mapped[Optional[str]] = mapped_column(String(64), nullable=True)
+    # The data this domain had before each refresh, oldest first: fingerprint, plugin
+    # version, location, summary and when it was replaced.  Its length + 1 is the
+    # current data version; adapters keep the fingerprint they were trained on.
+    data_history: Mapped[list[Any]] = mapped_column(default=list)
 
     adapters: Mapped[list["AdapterVersion"]] = relationship(back_populates="domain")
+
+    @property
+    def data_version(self) -> int:
+        return len(self.data_history or []) + 1
 
 
 class AdapterVersion(Base):

@@ -34,7 +34,7 @@ import math
 import os
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -255,6 +255,18 @@ class LoraEncoder(BaseEncoder):
         self.model.save_pretrained(str(directory), safe_serialization=True, save_embedding_layers=False)
 
 
+class XCrossStates(nn.Module):
+    """The multi-stream X-Cross encoder (:class:`~xcross_registry.xcross.XCrossEncoder`)
+    as a scorer encoder: its mixed final states."""
+
+    def __init__(self, xcross) -> None:
+        super().__init__()
+        self.xcross = xcross
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        return self.xcross(input_ids, attention_mask).hidden_state
+
+
 def pool(hidden: Tensor, attention_mask: Tensor, method: str) -> Tensor:
     """Summarise ``[B, T, H]`` states into ``[B, H]``, ignoring padding."""
     if method == "first":
@@ -371,13 +383,16 @@ class Scorer(nn.Module):
     def device(self) -> torch.device:
         return next(self.parameters()).device
 
-    def tokenize(self, texts: Sequence[str],
-                 spans: Sequence[tuple[int, int]] | None = None) -> dict[str, Tensor]:
+    def tokenize(self, texts: Sequence[str], spans: Sequence[tuple[int, int]] | None = None,
+                 pad_to_multiple_of: int | None = None) -> dict[str, Tensor]:
         """Token ids and mask; with the candidates' character ``spans`` also the masks of
-        the candidate's tokens and of the other content tokens (the history side)."""
+        the candidate's tokens and of the other content tokens (the history side).
+        ``pad_to_multiple_of`` rounds the padded length up, so that a text gets the
+        same tensor shape in any batch of its length bucket (see ``serving``)."""
         encoded = self.tokenizer(list(texts), padding=True, truncation=True,
                                  max_length=self.config.max_length, return_tensors="pt",
-                                 return_offsets_mapping=spans is not None)
+                                 return_offsets_mapping=spans is not None,
+                                 pad_to_multiple_of=pad_to_multiple_of)
         inputs = {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]}
         if spans is not None:
             offsets = encoded["offset_mapping"]
@@ -479,13 +494,17 @@ class Scorer(nn.Module):
                                 for h in histories])
         return self.embed(**to_device(inputs, self.device))
 
-    def encode_items(self, items: Sequence["Item"], template: "PromptTemplate", batch_size: int = 256) -> Tensor:
-        """Dual mode: normalised item embeddings ``[N, H]``, to cache per model version."""
+    def encode_items(self, items: Sequence["Item"], template: "PromptTemplate", batch_size: int = 256,
+                     progress: Callable[[int, int], None] | None = None) -> Tensor:
+        """Dual mode: normalised item embeddings ``[N, H]``, to cache per model version;
+        ``progress(items done, items)`` after each batch."""
         self._require_dual("encode_items")
         chunks = []
         for start in range(0, len(items), batch_size):
             inputs = self.tokenize([template.render_document(item) for item in items[start:start + batch_size]])
             chunks.append(self.embed(**to_device(inputs, self.device)))
+            if progress is not None:
+                progress(min(start + batch_size, len(items)), len(items))
         return torch.cat(chunks) if chunks else torch.empty(0, self.base.hidden_size, device=self.device)
 
     def score_embeddings(self, queries: Tensor, documents: Tensor) -> Tensor:

@@ -11,12 +11,19 @@ about 6), so prefixes multiply the data about five-fold and teach the model
 histories of every length it will meet; ``prefixes_per_user`` samples fewer per
 user per epoch when time is short.
 
-The loop runs under :class:`accelerate.Accelerator`, which places the model and,
-under ``accelerate launch``, shards the batches over processes and synchronises
-gradients, so the same code runs on a laptop CPU and on several GPUs.
-After every epoch the scorer is validated (Hit@1 and NDCG@10 over sampled candidates
-of a capped number of validation users); the best epoch's trainable tensors are kept
-in memory and restored at the end.
+The loop runs under :class:`accelerate.Accelerator`, so the same code runs on a
+laptop CPU and, under ``accelerate launch`` (or torchrun), on several processes.  Every
+process walks the same shuffled batches and trains on its own slice of each one, and
+each process's loss is scaled so that the gradients, averaged by DDP, are exactly the
+mean over the whole batch: N processes take the same optimiser steps over the same
+examples as one process, each doing 1/N of the work.
+After every epoch the main process validates the scorer (Hit@1 and NDCG@10 over
+sampled candidates of a capped number of validation users) and tells the others what
+it found; the best epoch's trainable tensors are kept in memory and restored at the end.
+
+A run reports what it did, not what it was asked to do (:meth:`TrainingResult.run_record`):
+examples seen, optimiser steps, epochs completed, examples per second, wall seconds,
+how many validation users were scored, and why it stopped.
 """
 
 from __future__ import annotations
@@ -24,14 +31,16 @@ from __future__ import annotations
 import math
 import random
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 
 from .data import DomainData, UserSequence
-from .errors import ValidationError
+from .errors import ValidationError, XregWarning
 from .scorer import Scorer, to_device
 from .templates import PromptTemplate
 
@@ -62,10 +71,18 @@ class TrainingConfig:
     predicts popularity, because a uniform draw is mostly rare items; the other users'
     positives are as popular as the positive, so only the history can tell them apart
     (mixed negative sampling, Yang et al., WWW 2020).
-    The best epoch is chosen by validation NDCG@10, which is less noisy than Hit@1.
-    ``max_minutes`` is a wall-clock safety stop: the run ends after the step that
-    crosses it, validates, and keeps the best epoch (the schedule is still planned in
-    steps, so a run that is not stopped stays reproducible).
+    The best epoch is chosen by validation NDCG@10, which is less noisy than Hit@1;
+    ``patience`` > 0 ends the run early ("early-stop") once that many validated epochs
+    in a row have not improved on it.
+    ``max_minutes`` bounds the whole command, counted from the process's start under
+    the CLI and from the call of :func:`~xcross_registry.adapters.train_adapter` or
+    :func:`~xcross_registry.composer.compose` in Python (model loading included): training ends
+    after the step that crosses it, validation stops there too and records how many
+    users it scored, and the best validated epoch is kept (the schedule is still
+    planned in steps, so a run that is not stopped stays reproducible).
+    ``bf16`` trains under bfloat16 autocast where the hardware has bf16 arithmetic
+    (CUDA that supports it; CPUs with AVX512-BF16 or AMX); elsewhere it warns and
+    trains in float32, because emulated bf16 is many times slower than float32.
     """
 
     epochs: int = 2
@@ -88,13 +105,14 @@ class TrainingConfig:
     bf16: bool = False
     device: str = "auto"
     max_minutes: float | None = None
+    patience: int = 0
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "negatives", "min_history", "valid_negatives"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValidationError(f"{name} must be a positive integer, not {value!r}")
-        for name in ("prefixes_per_user", "valid_users"):
+        for name in ("prefixes_per_user", "valid_users", "patience"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ValidationError(f"{name} must be a non-negative integer, not {value!r}")
@@ -140,17 +158,26 @@ class TrainingProgress:
 
 @dataclass
 class EpochStats:
+    """One epoch as it happened; ``validated_users`` < the planned number when the
+    time cap cut its validation short (0: not validated, ``metrics`` is then ``None``)."""
+
     epoch: int
     loss: float
     examples: int
     seconds: float
     sequences_per_second: float
     metrics: dict[str, float] | None
+    validated_users: int = 0
 
 
 @dataclass
 class TrainingResult:
-    """What a run did; ``best_epoch`` is the epoch whose weights the scorer now holds."""
+    """What a run did; ``best_epoch`` is the epoch whose weights the scorer now holds.
+
+    ``stop_reason`` is "completed", "time-cap", "interrupted" (``should_stop``) or
+    "early-stop" (``patience``).  ``examples_seen`` counts examples over all processes
+    (each example once);
+    ``planned_examples`` and ``planned_steps`` are what the schedule asked for."""
 
     epochs: list[EpochStats] = field(default_factory=list)
     best_epoch: int | None = None
@@ -158,20 +185,153 @@ class TrainingResult:
     train_users: int = 0
     seconds: float = 0.0
     sequences_per_second: float = 0.0
-    stopped: bool = False
+    stop_reason: str = "completed"
+    examples_seen: int = 0
+    optimizer_steps: int = 0
+    epochs_completed: int = 0
+    planned_examples: int = 0
+    planned_steps: int = 0
+    processes: int = 1
+    precision: str = "float32"
+    valid_users: int = 0
+
+    @property
+    def stopped(self) -> bool:
+        """The run ended before its planned epochs (time cap, interruption, early stop)."""
+        return self.stop_reason != "completed"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def run_record(self, wall_seconds: float | None = None) -> dict[str, Any]:
+        """The record stored with an adapter or composition (``training_config["run"]``):
+        the same shape for both, so ``xreg show`` and the leaderboard read one format.
+
+        ``wall_seconds`` is what the caller measured (``train_adapter`` and ``compose``:
+        their whole call, model loading and saving included), else this training call's."""
+        best = self.epochs[self.best_epoch - 1] if self.best_epoch else None
+        return {"stop_reason": self.stop_reason, "examples_seen": self.examples_seen,
+                "planned_examples": self.planned_examples, "optimizer_steps": self.optimizer_steps,
+                "planned_steps": self.planned_steps, "epochs_completed": self.epochs_completed,
+                "examples_per_second": round(self.sequences_per_second, 2),
+                "train_seconds": round(sum(e.seconds for e in self.epochs), 2),
+                "wall_seconds": round(self.seconds if wall_seconds is None else wall_seconds, 2),
+                "processes": self.processes, "precision": self.precision,
+                "best_epoch": self.best_epoch,
+                "validation_users": best.validated_users if best else 0,
+                "validation_users_planned": self.valid_users}
+
+
+@dataclass
+class Deadline:
+    """A wall-clock limit shared by every part of one command (training, validation, saving).
+
+    ``clock`` is injectable so that tests can move time instead of waiting for it."""
+
+    at: float
+    clock: Callable[[], float] = time.monotonic
+
+    @classmethod
+    def after_minutes(cls, minutes: float, clock: Callable[[], float] = time.monotonic) -> "Deadline":
+        return cls(clock() + 60.0 * minutes, clock)
+
+    @classmethod
+    def for_config(cls, config: TrainingConfig, started: float | None = None) -> "Deadline | None":
+        """``config.max_minutes`` after ``started`` (a ``time.monotonic()`` reading taken
+        when the command began; default now), or ``None`` without a cap."""
+        if config.max_minutes is None:
+            return None
+        return cls((time.monotonic() if started is None else started) + 60.0 * config.max_minutes)
+
+    def expired(self) -> bool:
+        return self.clock() >= self.at
+
+
+class Bf16FallbackWarning(XregWarning):
+    """``bf16`` was asked for on hardware without bf16 arithmetic; training runs in float32."""
+
+
+def cpu_supports_bf16(cpuinfo: str | Path = "/proc/cpuinfo") -> bool:
+    """Whether this CPU has native bf16 arithmetic (x86 AVX512-BF16 or AMX-BF16, Arm BF16).
+
+    ``torch.backends.cpu.get_cpu_capability()`` only names the vector width (an AVX512
+    CPU may lack the bf16 instructions), so the flags are read from ``/proc/cpuinfo``;
+    where that file does not exist the answer is no, and training stays in float32."""
+    try:
+        text = Path(cpuinfo).read_text(errors="replace")
+    except OSError:
+        return False
+    flags: set[str] = set()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            flags.update(value.split())
+    return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
+
+
+def bf16_supported(device: torch.device) -> bool:
+    """Whether bfloat16 autocast runs natively (and so faster than float32) on ``device``."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        return cpu_supports_bf16()
+    return True
+
+
+def _on_cpu(device: str) -> bool:
+    """Whether accelerate must be told to use the CPU.  Without CUDA it must be told
+    explicitly: otherwise a multi-process launch on a CPU-only machine silently runs
+    every process as a separate single-process job instead of joining them over gloo."""
+    return device == "cpu" or not torch.cuda.is_available()
+
+
+def _process_state():
+    """accelerate's process-wide state (the one :func:`train_scorer`'s Accelerator uses)."""
+    from accelerate import PartialState
+
+    return PartialState(cpu=_on_cpu("auto"))
+
+
+def is_main_process() -> bool:
+    """True except in the non-zero ranks of a multi-process launch (accelerate, torchrun)."""
+    return _process_state().is_main_process
+
+
+_STOP_CODES = {None: 0, "interrupted": 1, "time-cap": 2}
+
+
+def _agreed_stop(accelerator, reason: str | None) -> str | None:
+    """The stop reason of whichever process has one: every process must stop at the same
+    step, or the next gradient synchronisation waits forever."""
+    if accelerator.num_processes == 1:
+        return reason
+    import torch.distributed as dist
+
+    code = torch.tensor([_STOP_CODES[reason]], device=accelerator.device)
+    dist.all_reduce(code, op=dist.ReduceOp.MAX)
+    return {v: k for k, v in _STOP_CODES.items()}[int(code.item())]
+
+
+def _process_share(batch: Sequence[tuple[UserSequence, int]], rank: int,
+                   processes: int) -> tuple[list[tuple[UserSequence, int]], float]:
+    """This process's slice of a batch and the weight of its examples (1, or 0 for a
+    stand-in example when the batch has fewer examples than processes: every process
+    must run forward and backward at every step)."""
+    share = list(batch[rank::processes])
+    return (share, 1.0) if share else ([batch[0]], 0.0)
+
 
 def train_scorer(scorer: Scorer, data: DomainData, template: PromptTemplate, config: TrainingConfig,
                  progress: Callable[[TrainingProgress], None] | None = None,
-                 should_stop: Callable[[], bool] | None = None) -> TrainingResult:
+                 should_stop: Callable[[], bool] | None = None,
+                 deadline: Deadline | None = None) -> TrainingResult:
     """Train ``scorer``'s trainable parameters (LoRA and head) in place.
 
     Deterministic for a given ``config.seed`` on CPU.  ``should_stop`` is polled
-    every step (a Ctrl-C handler, a time budget); a stopped run still restores the
-    best validated epoch.  The scorer is left in eval mode on the training device.
+    every step (a Ctrl-C handler, say: the run then stops as "interrupted");
+    ``deadline`` (default: ``config.max_minutes`` from now) ends training and
+    validation as "time-cap".  A stopped run still restores the best validated epoch.
+    The scorer is left in eval mode on the training device.
     """
     from accelerate import Accelerator
     from accelerate.utils import set_seed
@@ -181,13 +341,21 @@ def train_scorer(scorer: Scorer, data: DomainData, template: PromptTemplate, con
     users = select_users(data.train, config)
     if not users:
         raise ValidationError("no training user has a sequence long enough to train on")
+    start = time.perf_counter()
+    deadline = deadline or Deadline.for_config(config)
     # Mixed precision is applied here rather than through Accelerator(mixed_precision=...):
     # accelerate's state is process-wide and refuses a second run with another setting.
-    accelerator = Accelerator(cpu=config.device == "cpu")
+    accelerator = Accelerator(cpu=_on_cpu(config.device))
+    processes, rank = accelerator.num_processes, accelerator.process_index
+    bf16 = config.bf16 and bf16_supported(accelerator.device)
+    if config.bf16 and not bf16 and accelerator.is_main_process:
+        warnings.warn(f"--bf16 ignored: this {accelerator.device.type.upper()} has no bf16 arithmetic "
+                      "(it would run many times slower than float32); training in float32",
+                      Bf16FallbackWarning, stacklevel=2)
     set_seed(config.seed)
     order_rng = random.Random(config.seed)
     # Each process draws its own negatives, reproducibly.
-    negative_rng = np.random.default_rng([config.seed, accelerator.process_index])
+    negative_rng = np.random.default_rng([config.seed, rank])
     valid = _validation_set(data, config)
     share = config.share_negatives if config.share_negatives is not None else scorer.config.mode == "dual"
 
@@ -198,7 +366,8 @@ def train_scorer(scorer: Scorer, data: DomainData, template: PromptTemplate, con
               {"params": head, "lr": config.head_lr or config.lr, "weight_decay": 0.0}]  # scale, prior, biases
     optimizer = torch.optim.AdamW([g for g in groups if g["params"]], weight_decay=config.weight_decay)
     model, optimizer = accelerator.prepare(scorer, optimizer)
-    steps_per_epoch = math.ceil(_count_examples(users, config) / config.batch_size / accelerator.num_processes)
+    examples_per_epoch = _count_examples(users, config)
+    steps_per_epoch = math.ceil(examples_per_epoch / config.batch_size)
     total_steps = steps_per_epoch * config.epochs
     warmup = int(config.warmup_ratio * total_steps)
 
@@ -208,64 +377,96 @@ def train_scorer(scorer: Scorer, data: DomainData, template: PromptTemplate, con
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
 
-    result = TrainingResult(train_users=len(users))
+    result = TrainingResult(train_users=len(users), planned_examples=examples_per_epoch * config.epochs,
+                            planned_steps=total_steps, processes=processes,
+                            precision="bfloat16" if bf16 else "float32",
+                            valid_users=len(valid[2]) if valid is not None else 0)
     best_state: dict[str, torch.Tensor] | None = None
-    best_score = -math.inf
-    start = time.perf_counter()
-    train_seconds, examples_seen, steps_done = 0.0, 0, 0
+    best_per_user: np.ndarray | None = None  # the best epoch's NDCG@10 per validation user
+    since_best = 0
+    train_seconds = 0.0
+
+    def time_up() -> bool:
+        return deadline is not None and deadline.expired()
+
     for epoch in range(1, config.epochs + 1):
         examples = _epoch_examples(users, config, order_rng)
         batches = [examples[i:i + config.batch_size] for i in range(0, len(examples), config.batch_size)]
-        # Every process must run the same number of steps, or gradient sync hangs.
-        usable = len(batches) - len(batches) % accelerator.num_processes or len(batches)
-        batches = batches[accelerator.process_index:usable:accelerator.num_processes]
         model.train()
-        epoch_start, loss_sum, epoch_examples = time.perf_counter(), 0.0, 0
+        epoch_start, loss_sum, own_examples, epoch_examples = time.perf_counter(), 0.0, 0, 0
         for step, batch in enumerate(batches, 1):
-            histories, candidates = _training_batch(batch, data, config.negatives, share, negative_rng)
+            own, weight = _process_share(batch, rank, processes)
+            histories, candidates = _training_batch(own, data, config.negatives, share, negative_rng)
             inputs = to_device(scorer.prepare(histories, candidates, template, in_batch=config.in_batch_negatives),
                                accelerator.device)
-            with torch.autocast(accelerator.device.type, dtype=torch.bfloat16, enabled=config.bf16):
+            with torch.autocast(accelerator.device.type, dtype=torch.bfloat16, enabled=bf16):
                 scores = model(**inputs).float()
-            loss = torch.nn.functional.cross_entropy(scores, torch.zeros(len(batch), dtype=torch.long,
-                                                                         device=scores.device))
-            accelerator.backward(loss)
+            losses = torch.nn.functional.cross_entropy(
+                scores, torch.zeros(len(own), dtype=torch.long, device=scores.device), reduction="none")
+            # DDP averages gradients over processes; this scaling makes the average the
+            # mean over the whole batch, as one process would compute it.
+            accelerator.backward(losses.sum() * (weight * processes / len(batch)))
             if config.max_grad_norm > 0:
                 accelerator.clip_grad_norm_(params, config.max_grad_norm)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
 
-            loss_sum += loss.item() * len(batch)
+            loss_sum += losses.detach().sum().item() * weight
+            own_examples += int(weight) * len(own)
             epoch_examples += len(batch)
-            steps_done += 1
+            result.optimizer_steps += 1
             elapsed = train_seconds + time.perf_counter() - epoch_start
-            rate = (examples_seen + epoch_examples) / elapsed if elapsed > 0 else 0.0
+            rate = (result.examples_seen + epoch_examples) / elapsed if elapsed > 0 else 0.0
             if progress is not None and accelerator.is_main_process:
-                eta = elapsed / steps_done * (total_steps - steps_done)
+                eta = elapsed / result.optimizer_steps * (total_steps - result.optimizer_steps)
                 progress(TrainingProgress("train", epoch, config.epochs, step, len(batches),
-                                          loss_sum / epoch_examples, rate, eta))
-            out_of_time = (config.max_minutes is not None
-                           and time.perf_counter() - start > 60 * config.max_minutes)
-            if out_of_time or (should_stop is not None and should_stop()):
-                result.stopped = True
+                                          loss_sum / max(own_examples, 1), rate, eta))
+            reason = "time-cap" if time_up() else \
+                "interrupted" if should_stop is not None and should_stop() else None
+            reason = _agreed_stop(accelerator, reason)
+            if reason is not None:
+                result.stop_reason = reason
                 break
+        else:
+            result.epochs_completed += 1
         seconds = time.perf_counter() - epoch_start
         train_seconds += seconds
-        examples_seen += epoch_examples
-        metrics = evaluate_sampled(scorer, data, template, *valid) if valid is not None else None
-        stats = EpochStats(epoch, loss_sum / max(epoch_examples, 1), epoch_examples, seconds,
-                           epoch_examples / seconds if seconds > 0 else 0.0, metrics)
+        result.examples_seen += epoch_examples
+        loss = _mean_over_processes(accelerator, loss_sum, own_examples)
+
+        per_user = None
+        if valid is not None:
+            found = None
+            if accelerator.is_main_process:
+                scores = score_candidates(scorer, data, template, valid[0], valid[1], valid[2],
+                                          should_stop=time_up)
+                found = (_per_user_ndcg_hit(scores), time_up())
+            found = wait_for_main(found)
+            per_user, capped = found
+            if capped and result.stop_reason == "completed":
+                result.stop_reason = "time-cap"
+        validated = len(per_user["ndcg@10"]) if per_user is not None else 0
+        metrics = ({name: float(values.mean()) for name, values in per_user.items()}
+                   if validated else None)
+        stats = EpochStats(epoch, loss, epoch_examples, seconds,
+                           epoch_examples / seconds if seconds > 0 else 0.0, metrics, validated)
         result.epochs.append(stats)
         if progress is not None and accelerator.is_main_process:
-            eta = train_seconds / max(steps_done, 1) * (total_steps - steps_done)
+            eta = train_seconds / max(result.optimizer_steps, 1) * (total_steps - result.optimizer_steps)
             progress(TrainingProgress("valid", epoch, config.epochs, len(batches), len(batches),
                                       stats.loss, stats.sequences_per_second, eta, metrics))
-        score = metrics["ndcg@10"] if metrics else epoch  # without validation: the latest epoch
-        if score > best_score:
-            best_score, best_state = score, scorer.trainable_state()
+        if _improves(per_user, best_per_user, validating=valid is not None):
+            best_state = scorer.trainable_state()
+            best_per_user = per_user["ndcg@10"] if validated else None
             result.best_epoch, result.best_metrics = epoch, metrics
+            since_best = 0
+        elif validated:
+            since_best += 1
         if result.stopped:
+            break
+        if config.patience and since_best >= config.patience and epoch < config.epochs:
+            result.stop_reason = "early-stop"
             break
 
     if best_state is not None:
@@ -274,8 +475,55 @@ def train_scorer(scorer: Scorer, data: DomainData, template: PromptTemplate, con
     accelerator.unwrap_model(model, keep_fp32_wrapper=False)
     scorer.eval()
     result.seconds = time.perf_counter() - start
-    result.sequences_per_second = examples_seen / train_seconds if train_seconds > 0 else 0.0
+    result.sequences_per_second = result.examples_seen / train_seconds if train_seconds > 0 else 0.0
     return result
+
+
+def _per_user_ndcg_hit(scores: np.ndarray) -> dict[str, np.ndarray]:
+    """Hit@1 and NDCG@10 of each scored user (the positive in column 0)."""
+    from .metrics import per_user_metrics, sampled_ranks
+
+    if not len(scores):
+        return {"hit@1": np.zeros(0), "ndcg@10": np.zeros(0)}
+    values = per_user_metrics(sampled_ranks(scores), ks=(1, 10))
+    return {"hit@1": np.asarray(values["hit@1"], dtype=float), "ndcg@10": np.asarray(values["ndcg@10"], dtype=float)}
+
+
+def _improves(per_user: dict[str, np.ndarray] | None, best: np.ndarray | None, *, validating: bool) -> bool:
+    """Whether an epoch's weights replace the best kept so far.
+
+    Without validation data the latest epoch wins.  An epoch whose validation was cut
+    short is compared with the best epoch on the same users (validation scores users
+    in a fixed order), and one that scored nobody replaces only an unvalidated best."""
+    if not validating:
+        return True
+    validated = len(per_user["ndcg@10"]) if per_user is not None else 0
+    if not validated:
+        return best is None
+    if best is None:
+        return True
+    shared = min(validated, len(best))
+    return float(per_user["ndcg@10"][:shared].mean()) > float(best[:shared].mean())
+
+
+def _mean_over_processes(accelerator, total: float, count: int) -> float:
+    """The mean of per-example values summed separately by every process."""
+    if accelerator.num_processes > 1:
+        import torch.distributed as dist
+
+        both = torch.tensor([total, float(count)], dtype=torch.float64, device=accelerator.device)
+        dist.all_reduce(both)
+        total, count = both.tolist()
+    return total / max(count, 1)
+
+
+def wait_for_main(value: Any) -> Any:
+    """``value`` as the main process computed it, on every process (which waits for it)."""
+    if _process_state().num_processes == 1:
+        return value
+    from accelerate.utils import broadcast_object_list
+
+    return broadcast_object_list([value], from_process=0)[0]
 
 
 def select_users(train: Sequence[UserSequence], config: TrainingConfig) -> list[UserSequence]:
@@ -357,22 +605,23 @@ def _validation_set(data: DomainData, config: TrainingConfig) -> tuple[str, np.n
 def evaluate_sampled(scorer: Scorer, data: DomainData, template: PromptTemplate, split: str,
                      candidate_matrix: np.ndarray, user_indices: Sequence[int]) -> dict[str, float]:
     """Hit@1 and NDCG@10 with the positive in column 0; ties count against the positive."""
-    from .metrics import per_user_metrics, sampled_ranks
-
     scores = score_candidates(scorer, data, template, split, candidate_matrix, user_indices)
-    values = per_user_metrics(sampled_ranks(scores), ks=(1, 10))
-    return {"hit@1": float(values["hit@1"].mean()), "ndcg@10": float(values["ndcg@10"].mean())}
+    return {name: float(values.mean()) for name, values in _per_user_ndcg_hit(scores).items()}
 
 
 def score_candidates(scorer: Scorer, data: DomainData, template: PromptTemplate, split: str,
                      candidate_matrix: np.ndarray | Sequence[Sequence[int]], user_indices: Sequence[int],
-                     batch_size: int = 64) -> np.ndarray:
+                     batch_size: int = 64, should_stop: Callable[[], bool] | None = None,
+                     progress: Callable[[int, int], None] | None = None) -> np.ndarray:
     """Scores ``[users, candidates]`` of ``candidate_matrix`` (item indices) for the
     histories of ``split``'s users ``user_indices``.
 
     ``batch_size`` is texts per forward pass.  A dual scorer encodes each distinct
-    candidate item once and each history once.  The scorer's train/eval mode is
-    restored afterwards.
+    candidate item once and each history once.  ``should_stop`` is polled before
+    every forward pass; once it says stop, the scores of the users done so far (the
+    first rows, possibly none) are returned.  ``progress(done, total)`` is told the
+    forward passes done after each one.  The scorer's train/eval mode is restored
+    afterwards.
     """
     matrix = np.asarray(candidate_matrix, dtype=np.int64)
     if matrix.ndim != 2 or matrix.shape[0] != len(user_indices):
@@ -381,6 +630,8 @@ def score_candidates(scorer: Scorer, data: DomainData, template: PromptTemplate,
         raise ValidationError("candidate matrix holds item indices outside the catalogue")
     sequences = data.split(split)
     histories = [[data.items[i] for i in sequences[u].history] for u in user_indices]
+    stop = should_stop or (lambda: False)
+    report = progress or (lambda done, total: None)
     was_training = scorer.training
     scorer.eval()
     rows: list[np.ndarray] = []
@@ -389,18 +640,34 @@ def score_candidates(scorer: Scorer, data: DomainData, template: PromptTemplate,
             if scorer.config.mode == "dual":
                 unique, inverse = np.unique(matrix, return_inverse=True)
                 inverse = torch.as_tensor(inverse.reshape(matrix.shape), device=scorer.device)
-                items = scorer.encode_items([data.items[i] for i in unique], template, batch_size)
+                item_passes = math.ceil(len(unique) / batch_size)
+                passes = item_passes + math.ceil(len(histories) / batch_size)
+                chunks = []
+                for start in range(0, len(unique), batch_size):
+                    if stop():
+                        return np.zeros((0, matrix.shape[1]), dtype=np.float32)
+                    chunks.append(scorer.encode_items([data.items[i] for i in unique[start:start + batch_size]],
+                                                      template, batch_size))
+                    report(start // batch_size + 1, passes)
+                items = torch.cat(chunks) if chunks else None
                 for start in range(0, len(histories), batch_size):
+                    if stop():
+                        break
                     queries = scorer.encode_histories(histories[start:start + batch_size], template)
                     documents = items[inverse[start:start + batch_size]]
                     rows.append(scorer.score_embeddings(queries, documents).float().cpu().numpy())
+                    report(item_passes + start // batch_size + 1, passes)
             else:
                 users_per_pass = max(1, batch_size // max(matrix.shape[1], 1))
+                passes = math.ceil(len(histories) / users_per_pass)
                 for start in range(0, len(histories), users_per_pass):
+                    if stop():
+                        break
                     block = matrix[start:start + users_per_pass]
                     candidates = [[data.items[i] for i in row] for row in block]
                     rows.append(scorer.score(histories[start:start + users_per_pass], candidates,
                                              template).float().cpu().numpy())
+                    report(start // users_per_pass + 1, passes)
     finally:
         scorer.train(was_training)
-    return np.concatenate(rows) if rows else np.zeros(matrix.shape, dtype=np.float32)
+    return np.concatenate(rows) if rows else np.zeros((0, matrix.shape[1]), dtype=np.float32)

@@ -26,12 +26,9 @@ from __future__ import annotations
 
 from dataclasses import fields
 from pathlib import Path
-from urllib.parse import parse_qsl
 
-from xcross_registry.data import DomainData, DomainType
-from xcross_registry.errors import DataError
-from xcross_registry.hookspecs import hookimpl
-from xcross_registry.templates import PromptTemplate
+from xcross_registry import DataError, DomainData, DomainType, PromptTemplate, hookimpl
+from xcross_registry.plugin_helpers import fraction, parse_location
 
 from .raw import REVIEWS_SUFFIX, RawOptions, load_raw, review_files
 from .recformer import FILES as RECFORMER_FILES
@@ -48,17 +45,22 @@ TEMPLATE = PromptTemplate(
     description="Product titles, oldest purchase first, candidate last.",
 )
 
+# Every option of either layout, with its type; each layout accepts a subset.
+OPTIONS = {"seed": int, "min_len": int, "max_len": int, "valid": fraction, "test": fraction,
+           "category": str}
+
 
 def load(location: str) -> DomainData:
     """Load a domain from ``FOLDER[?key=value&...]`` (see the module docstring)."""
-    folder, options = _parse_location(location)
+    parsed = parse_location(location, OPTIONS)
+    folder, options = parsed.folder, parsed.options
     if not folder.is_dir():
         raise DataError(f"{folder}: no such folder")
     if is_recformer_folder(folder):
         allowed = {"seed", "valid"}
         _check_options(folder, options, allowed)
-        return load_recformer(folder, seed=int(options.get("seed", 0)),
-                              valid_fraction=float(options.get("valid", 0.1)))
+        return load_recformer(folder, seed=options.get("seed", 0),
+                              valid_fraction=options.get("valid", 0.1))
     if review_files(folder) or "category" in options:
         _check_options(folder, options, {field.name for field in fields(RawOptions)})
         raw = RawOptions(**options)
@@ -67,37 +69,6 @@ def load(location: str) -> DomainData:
         return load_raw(folder, raw)
     raise DataError(f"{folder}: no Amazon data found; expected {', '.join(RECFORMER_FILES)} "
                     f"or <Category>{REVIEWS_SUFFIX} with meta_<Category>.json.gz")
-
-
-_TYPES = {"seed": int, "min_len": int, "max_len": int, "valid": float, "test": float, "category": str}
-
-
-def _parse_location(location: str) -> tuple[Path, dict]:
-    """Split ``FOLDER?options`` and convert the option values to their types.
-
-    A folder whose real name contains ``?`` still works: the whole string is tried as
-    a path first."""
-    if Path(location).exists() or "?" not in location:
-        return Path(location), {}
-    path, _, query = location.rpartition("?")
-    try:
-        pairs = parse_qsl(query, keep_blank_values=True, strict_parsing=True)
-    except ValueError:
-        raise DataError(f"{location}: options must look like ?key=value&key=value") from None
-    options: dict = {}
-    for key, value in pairs:
-        if key not in _TYPES:
-            raise DataError(f"{location}: unknown option {key!r} (known: {', '.join(_TYPES)})")
-        if key in options:
-            raise DataError(f"{location}: option {key!r} given twice")
-        try:
-            options[key] = _TYPES[key](value)
-        except ValueError:
-            raise DataError(f"{location}: option {key}={value!r} is not a valid "
-                            f"{_TYPES[key].__name__}") from None
-        if key in ("valid", "test") and not 0 <= options[key] < 1:
-            raise DataError(f"{location}: option {key} must be a fraction in [0, 1), got {value}")
-    return Path(path), options
 
 
 def _check_options(folder: Path, options: dict, allowed: set[str]) -> None:

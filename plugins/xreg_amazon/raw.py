@@ -14,10 +14,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from xcross_registry.data import DomainData, Item, UserSequence
-from xcross_registry.errors import DataError
-
-from ._common import hash_order, iter_json_lines, take_fraction
+from xcross_registry import DataError, DomainData, Item, UserSequence
+from xcross_registry.plugin_helpers import iter_json_lines, split_users, title_text
 
 REVIEWS_SUFFIX = "_5.json.gz"
 _ASIN = re.compile(r'"asin":\s*"([^"\\]*)"')
@@ -46,18 +44,15 @@ def load_raw(folder: Path, options: RawOptions) -> DomainData:
     asins = sorted({asin for items in sequences.values() for asin in items})
     titles = _titles(folder / f"meta_{category}.json.gz", set(asins))
     index = {asin: position for position, asin in enumerate(asins)}
-    users = hash_order(sorted(sequences), options.seed)
-    n_test = take_fraction(len(users), options.test)
-    n_valid = take_fraction(len(users) - n_test, options.valid)
+    users = split_users(sorted(sequences), options.seed, valid=options.valid, test=options.test)
 
     def split(chosen: list[str]) -> list[UserSequence]:
         return [UserSequence(user=user, items=tuple(index[a] for a in sequences[user]))
                 for user in sorted(chosen)]
 
-    return DomainData(items=[Item(id=asin, title=titles.get(asin)) for asin in asins],
-                      test=split(users[:n_test]),
-                      valid=split(users[n_test:n_test + n_valid]),
-                      train=split(users[n_test + n_valid:]))
+    # Some metadata records lack a title or hold NaN: those items get the placeholder.
+    return DomainData(items=[Item(id=asin, title=title_text(titles.get(asin))) for asin in asins],
+                      test=split(users.test), valid=split(users.valid), train=split(users.train))
 
 
 def _reviews_file(folder: Path, category: str | None) -> Path:

@@ -10,10 +10,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from xcross_registry.data import DomainData, Item, UserSequence
-from xcross_registry.errors import DataError
-
-from ._common import hash_order, read_json_object, take_fraction
+from xcross_registry import DataError, DomainData, Item, UserSequence
+from xcross_registry.plugin_helpers import read_json_object, split_users, title_text
 
 FILES = ("meta_data.json", "smap.json", "umap.json", "train.json", "test.json")
 
@@ -29,7 +27,7 @@ def load_recformer(folder: Path, seed: int, valid_fraction: float) -> DomainData
     reviewers = _reviewers(folder / "umap.json")
     train = _sequences(folder / "train.json", len(items), reviewers)
     test = _sequences(folder / "test.json", len(items), reviewers)
-    chosen = set(hash_order([seq.user for seq in train], seed)[:take_fraction(len(train), valid_fraction)])
+    chosen = set(split_users([seq.user for seq in train], seed, valid=valid_fraction, test=0).valid)
     return DomainData(items=items,
                       train=[seq for seq in train if seq.user not in chosen],
                       valid=[seq for seq in train if seq.user in chosen],
@@ -44,8 +42,8 @@ def _catalogue(path: Path, titles: dict) -> list[Item]:
             raise DataError(f"{path}: item {asin!r} has index {index!r}; indices must be "
                             f"0..{len(smap) - 1}, each used once")
         order[index] = asin
-    # A title that is missing, NaN or not a string becomes the placeholder in Item.
-    return [Item(id=asin, title=titles.get(asin)) for asin in order]
+    # The real Sports meta_data.json holds NaN for three titles: they get the placeholder.
+    return [Item(id=asin, title=title_text(titles.get(asin))) for asin in order]
 
 
 def _reviewers(path: Path) -> dict[int, str]:
@@ -61,6 +59,8 @@ def _reviewers(path: Path) -> dict[int, str]:
 
 def _sequences(path: Path, n_items: int, reviewers: dict[int, str]) -> list[UserSequence]:
     raw = read_json_object(path)
+    if not raw:
+        raise DataError(f"{path}: holds no users")
     sequences = []
     for key, items in raw.items():
         try:

@@ -31,14 +31,11 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from urllib.parse import parse_qsl
 
 import numpy as np
 
-from xcross_registry.data import DomainData, DomainType, Item, UserSequence
-from xcross_registry.errors import DataError
-from xcross_registry.hookspecs import hookimpl
-from xcross_registry.templates import PromptTemplate
+from xcross_registry import DataError, DomainData, DomainType, Item, PromptTemplate, UserSequence, hookimpl
+from xcross_registry.plugin_helpers import non_negative_int, parse_location
 
 NOUNS: dict[str, tuple[str, ...]] = {
     "toys": ("Kite", "Robot", "Puzzle", "Yo-Yo", "Train Set", "Doll", "Race Car", "Building Blocks",
@@ -78,6 +75,7 @@ PREFERENCE_STRENGTH = 2.5  # log-odds bonus per matching attribute (tier, colour
 NOISE = 0.15  # share of a user's choices made by popularity alone
 SPLIT_FRACTIONS = (0.7, 0.1, 0.2)  # train, valid, test, in user order
 MAX_CELLS = 20_000_000  # users × items
+OPTION_NAMES = ("seed", "users", "items", "min_len", "max_len")
 
 TEMPLATE = PromptTemplate(
     name="synthetic",
@@ -102,29 +100,16 @@ class Options:
 
     @classmethod
     def parse(cls, location: str) -> "Options":
-        domain, _, query = location.strip().partition("?")
-        domain = domain.lower()
+        parsed = parse_location(location.strip(), {name: non_negative_int for name in OPTION_NAMES},
+                                is_path=False)
+        domain = parsed.path.lower()
         if domain not in NOUNS:
-            raise DataError(f"{location!r}: unknown synthetic domain {domain!r} "
+            raise DataError(f"{location}: unknown synthetic domain {domain!r} "
                             f"(known: {', '.join(NOUNS)})")
-        try:
-            pairs = parse_qsl(query, strict_parsing=True) if query else []
-        except ValueError:
-            raise DataError(f"{location!r}: options must look like DOMAIN?key=value&key=value") from None
-        known = ("seed", "users", "items", "min_len", "max_len")
-        values: dict[str, int] = {}
-        for key, value in pairs:
-            if key not in known:
-                raise DataError(f"{location!r}: unknown option {key!r} (known: {', '.join(known)})")
-            if key in values:
-                raise DataError(f"{location!r}: option {key!r} given twice")
-            if not (value.isascii() and value.isdigit()):
-                raise DataError(f"{location!r}: option {key} must be a non-negative integer, got {value!r}")
-            values[key] = int(value)
-        options = cls(domain=domain, **values)
+        options = cls(domain=domain, **parsed.options)
         problem = options._problem()
         if problem:
-            raise DataError(f"{location!r}: {problem}")
+            raise DataError(f"{location}: {problem}")
         return options
 
     def _problem(self) -> str | None:
@@ -219,4 +204,11 @@ def register_domains(register) -> None:
         templates=[TEMPLATE],
         description="Generated product domains (" + ", ".join(NOUNS) + ") whose users share "
                     "brand-tier, colour and theme tastes across domains.",
+        locate=_recipe,
     ))
+
+
+def _recipe(location: str) -> str:
+    """A location is a recipe, not a path: stored as typed, even when a folder of the
+    same name happens to exist in the working directory."""
+    return location
