@@ -209,3 +209,19 @@ def test_show_an_adapter_version(xreg, synthetic_domains, tiny_base):
     plotted = xreg("show", "toys@v1", "--plot", "x.png")
     assert plotted.stderr == ("error: --plot draws a composition's integrators; "
                               "toys@v1 is not a composition\n")
+
+
+def test_library_deprecation_notices_stay_off_the_cli_output(tmp_path):
+    """peft reads a transformers attribute that transformers deprecates; the FutureWarning
+    it raises would put two lines of noise on stderr of every training command."""
+    probe = (
+        "import sys, warnings\n"
+        "sys.argv = ['xreg', '--version']\n"
+        "from xcross_registry.cli import main\n"
+        "try:\n    main()\nexcept SystemExit:\n    pass\n"
+        "warnings.warn_explicit('renamed', FutureWarning, 'modeling_utils.py', 1,\n"
+        "                      module='transformers.modeling_utils')\n"
+        "warnings.warn_explicit('ours', FutureWarning, 'x.py', 1, module='xcross_registry.x')\n")
+    result = run_subprocess([sys.executable, "-c", probe], env={"XREG_HOME": str(tmp_path)})
+    assert "renamed" not in result.stderr
+    assert "FutureWarning: ours" in result.stderr

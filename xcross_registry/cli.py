@@ -842,6 +842,13 @@ def main() -> None:
     # Library progress bars and warnings would break the one-line error contract.
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    # Deprecation notices that one library raises about another (peft reading a
+    # transformers attribute that is being renamed) say nothing a user can act on.
+    if not sys.warnoptions:
+        import warnings
+
+        for library in ("transformers", "peft", "accelerate"):
+            warnings.filterwarnings("ignore", category=FutureWarning, module=rf"{library}(\.|$)")
     # Printing must not fail after a command has committed: characters the terminal's
     # encoding cannot show (a title in an ASCII locale) are escaped, not raised.
     for stream in (sys.stdout, sys.stderr):
