@@ -33,10 +33,11 @@ def main() -> None:
     import xreg_synthetic
     from peft import get_peft_model_state_dict
 
-    from xcross_registry.scorer import XCrossStates
-    from xcross_registry.scorer import Scorer, ScorerConfig, load_base_model
-    from xcross_registry.training import TrainingConfig, score_candidates, train_scorer
-    from xcross_registry.xcross import LoraSource, XCrossConfig, XCrossEncoder
+    from xcross_registry.base_model import load_base_model
+    from xcross_registry.scorer import Scorer, ScorerConfig
+    from xcross_registry.scoring import score_candidates
+    from xcross_registry.training import TrainingConfig, train_scorer
+    from xcross_registry.xcross import LoraSource, XCrossConfig, XCrossEncoder, XCrossStates
 
     device = torch.device(args.device)
     template = xreg_synthetic.TEMPLATE

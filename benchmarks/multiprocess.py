@@ -83,12 +83,14 @@ def run(processes: int, args: argparse.Namespace) -> dict:
 
 
 def main() -> None:
+    from xcross_registry.scoring_modes import SCORING_MODES
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--mode", choices=("dual", "cross"), default="dual")
+    parser.add_argument("--mode", choices=sorted(SCORING_MODES), default="dual")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:

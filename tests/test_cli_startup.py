@@ -80,13 +80,14 @@ def test_listing_and_show_commands_never_import_torch(xreg, synthetic_domains, t
     # What was recorded at training time is what the stored weights measure after a reload.
     from xcross_registry import composer
     from xcross_registry.registry import Registry
+    from xcross_registry.xcross.integration import measure_integration
 
     registry = Registry()
-    recorded = composer.composition(registry, "kitchen-x").integrator_config["integration"]
+    recorded = registry.composition("kitchen-x").integrator_config["integration"]
     scorer, row = composer.load_composition(registry, "kitchen-x")
     template = registry.domain_type("kitchen").template_for(row.training_config["template"])
-    again = composer.measure_integration(scorer, registry.domain_data("kitchen"), template,
-                                         "kitchen-x", recorded["sources"])
+    again = measure_integration(scorer, registry.domain_data("kitchen"), template,
+                                "kitchen-x", recorded["sources"])
     assert again["sources"] == recorded["sources"] == ["toys@v1", "tools@v1"]
     assert len(again["layers"]) == len(recorded["layers"]) > 0
     for measured, stored in zip(again["layers"], recorded["layers"]):

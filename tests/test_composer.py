@@ -158,11 +158,10 @@ def test_recommend_ranks_candidates_and_the_catalogue(xreg, sources, tmp_path):
 
 @pytest.mark.parametrize("mode", ["cross", "dual"])
 def test_only_integrators_mix_and_head_get_gradients(xreg, sources, mode):
-    from xcross_registry.adapters import resolve_adapter
     from xcross_registry.composer import build_scorer
 
     registry = Registry()
-    versions = [resolve_adapter(registry, label) for label in ("toys", "tools")]
+    versions = [registry.adapter(label) for label in ("toys", "tools")]
     scorer = build_scorer(registry, versions, mode=mode)
     data = registry.domain_data("kitchen")
     template = registry.domain_type("kitchen").default_template

@@ -65,7 +65,7 @@ def test_by_fraction_groups_methods_and_averages_training_seeds(xreg, demo_regis
     from xcross_registry.xcross import XCrossConfig
 
     composer.compose(demo_registry, ["toys", "sports"], "tools", name="tools-x-s1",
-                     xcross_config=XCrossConfig(),
+                     settings=XCrossConfig(),
                      training_config=TrainingConfig(epochs=1, fraction=0.25, seed=1, batch_size=16,
                                                     negatives=15, valid_users=20))
     second = evaluate_composition(demo_registry, "tools-x-s1")
@@ -94,7 +94,8 @@ def test_by_fraction_groups_methods_and_averages_training_seeds(xreg, demo_regis
 
 
 def test_integration_weights_plot(demo_registry, tmp_path):
-    from xcross_registry.composer import integration_weights, plot_integration
+    from xcross_registry.composer import integration_weights
+    from xcross_registry.xcross.integration import plot_integration
 
     summary = integration_weights(demo_registry, "tools-x")
     assert summary["sources"] == ["toys@v1", "sports@v1"]

@@ -14,11 +14,12 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from xcross_registry.adapters import load_scorer, manifest_files, store_folder
+from xcross_registry.adapters import load_scorer
 from xcross_registry.artifacts import ArtifactStore
 from xcross_registry.evaluation import load_ranks
 from xcross_registry.registry import Registry
 from xcross_registry.schema import EvaluationResult
+from xcross_registry.stored_folders import manifest_files, store_folder
 
 QUICK = ["--epochs", "1", "--max-users", "16", "--batch-size", "8", "--negatives", "3"]
 TWO_HOURS = 2 * 3600
@@ -109,7 +110,7 @@ STAGING_OWNER = textwrap.dedent("""
     import os, sys
     if sys.argv[1] == "foreign":
         os.getpid = lambda: 4194304 + 4242  # above Linux's pid_max: no such process
-    from xcross_registry.adapters import store_folder
+    from xcross_registry.stored_folders import store_folder
     from xcross_registry.registry import Registry
 
     registry = Registry()

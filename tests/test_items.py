@@ -51,7 +51,7 @@ def test_items_of_an_unknown_domain_is_one_error_line(xreg, toys):
 
 def test_found_ids_and_titles_are_what_recommend_matches(toys):
     """What `items` prints is what --history accepts: the serving layer maps both back."""
-    from xcross_registry.serving import match_items
+    from xcross_registry.data import match_items
 
     found = toys.find_items("toys", "kite")
     assert match_items(toys.domain_data("toys"), [found[0].title.upper(), found[1].id]) == found

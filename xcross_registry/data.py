@@ -160,6 +160,23 @@ class DomainType:
         return self.default_template
 
 
+def catalogue_keys(data: DomainData) -> dict[str, Item]:
+    """Each item under its lower-cased title and id (the first item wins a shared title)."""
+    by_key: dict[str, Item] = {}
+    for item in data.items:
+        by_key.setdefault(item.title.strip().lower(), item)
+        by_key.setdefault(item.id.strip().lower(), item)
+    return by_key
+
+
+def match_items(data: DomainData, texts: Sequence[str],
+                keys: dict[str, Item] | None = None) -> list[Item]:
+    """Catalogue items for titles or ids; text that matches nothing becomes a free item
+    (``id`` empty).  ``keys``: :func:`catalogue_keys` of ``data``, when already built."""
+    by_key = catalogue_keys(data) if keys is None else keys
+    return [by_key.get(text.strip().lower(), Item(id="", title=text.strip())) for text in texts]
+
+
 # ---- the data contract, checked on every loader's output ------------------------------
 
 MIN_SEQUENCE_LENGTH = 2  # a history of at least one item, then the target

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from . import settings as xreg_settings
+from .errors import ValidationError
 from .registry import Registry
 
 SOURCES = ("toys", "sports")
@@ -32,6 +34,20 @@ class DemoSettings:
     prefixes_per_user: int = 2
     seed: int = 0
     base_model: str | None = None
+
+
+def demo_home(home: str | Path | None = None) -> Path:
+    """The demo's registry folder: ``home`` when it is new or empty, else (``None``) the
+    next free ``$XREG_HOME/demo-N``, so every run starts from nothing."""
+    if home is None:
+        number = 1
+        while (xreg_settings.home() / f"demo-{number}").exists():
+            number += 1
+        return xreg_settings.home() / f"demo-{number}"
+    folder = Path(home)
+    if folder.exists() and any(folder.iterdir()):
+        raise ValidationError(f"demo folder {folder} is not empty")
+    return folder
 
 
 def run_demo(home: Path, settings: DemoSettings | None = None,
@@ -62,7 +78,7 @@ def run_demo(home: Path, settings: DemoSettings | None = None,
                                 base_model=settings.base_model)
         say(f"trained source adapter {version.label}: {version.metrics.get('validation')}")
     say(f"composing {' + '.join(SOURCES)} -> {TARGET} on {settings.fraction:.0%} of its users")
-    composer.compose(registry, list(SOURCES), TARGET, name=f"{TARGET}-x", xcross_config=XCrossConfig(),
+    composer.compose(registry, list(SOURCES), TARGET, name=f"{TARGET}-x", settings=XCrossConfig(),
                      training_config=training(settings.fraction, lr=1e-3))
     composer.compose(registry, list(SOURCES), TARGET, name=f"{TARGET}-merge", method="linear-merge",
                      training_config=training(settings.fraction))

@@ -15,18 +15,15 @@ from typing import Callable, Sequence
 import numpy as np
 import safetensors.numpy
 
+from .baselines import ScoreFunction
 from .candidates import CandidateSet, check_protocol, exclusion_mask
 from .data import DomainData
 from .errors import ValidationError
 from .metrics import DEFAULT_KS, full_ranks, sampled_ranks, summarize
 from .progress import task
 from .registry import Registry
-from .schema import EvaluationResult
-from .subjects import require_dual, resolve_subject
-
-# score(data, split, user_indices, candidate_matrix [U, C], progress=None) -> scores [U, C];
-# progress(done, total), when given, follows the work (see xcross_registry.progress).
-ScoreFunction = Callable[..., np.ndarray]
+from .scoring_modes import require_catalogue_ranker
+from .subjects import load_subject, resolve_subject
 
 FULL_PROTOCOL_USERS_PER_CHUNK = 64
 
@@ -106,14 +103,12 @@ def evaluate_scores(registry: Registry, domain: str, score: ScoreFunction, *, su
                             metrics=metrics, candidates_digest=candidates_digest,
                             ranks_digest=ranks_digest, data_fingerprint=row.data_fingerprint,
                             extra=extra or {})
-    with registry.session() as session:
-        session.add(EvaluationResult(
-            subject_kind=subject_kind, subject_name=subject_name,
-            adapter_version_id=adapter_version_id, composition_id=composition_id,
-            domain_id=row.id, protocol=protocol, split=split,
-            metrics={"summary": metrics, "ranks_digest": ranks_digest, "seed": seed, **(extra or {})},
-            num_users=int(len(users)), data_fingerprint=row.data_fingerprint,
-            candidates_digest=candidates_digest))
+    registry.add_evaluation(
+        subject_kind=subject_kind, subject_name=subject_name, domain=domain, protocol=protocol,
+        split=split, metrics={"summary": metrics, "ranks_digest": ranks_digest, "seed": seed,
+                              **(extra or {})},
+        num_users=len(users), candidates_digest=candidates_digest,
+        adapter_version_id=adapter_version_id, composition_id=composition_id)
     return evaluation
 
 
@@ -135,145 +130,49 @@ def _full_catalogue_ranks(data: DomainData, split: str, users: np.ndarray, posit
     return np.concatenate(ranks)
 
 
-def popularity_score(data: DomainData, split: str, users: Sequence[int],
-                     matrix: np.ndarray, progress=None) -> np.ndarray:
-    """The popularity baseline: an item's score is its count in the training sequences."""
-    return np.asarray(data.popularity(), dtype=np.float64)[matrix]
-
-
-def evaluate_popularity(registry: Registry, domain: str, **options) -> Evaluation:
-    return evaluate_scores(registry, domain, popularity_score, subject_kind="baseline",
-                           subject_name=f"popularity:{domain}",
-                           extra={"trainable_parameters": 0, "method": "popularity"}, **options)
-
-
-def results(registry: Registry, domain: str | None = None,
-            protocol: str | None = None) -> list[dict]:
-    """Stored evaluation rows, newest last, as JSON-ready dicts."""
-    from sqlalchemy import select
-
-    from .schema import Domain
-
-    with registry.session() as session:
-        query = (select(EvaluationResult, Domain.name).join(Domain)
-                 .order_by(EvaluationResult.id))
-        if domain is not None:
-            query = query.where(Domain.name == domain)
-        if protocol is not None:
-            query = query.where(EvaluationResult.protocol == protocol)
-        return [{"id": r.id, "subject_kind": r.subject_kind, "subject": r.subject_name,
-                 "domain": name, "protocol": r.protocol, "split": r.split, "users": r.num_users,
-                 "metrics": r.metrics.get("summary", {}),
-                 **{k: v for k, v in r.metrics.items() if k != "summary"},
-                 "data_fingerprint": r.data_fingerprint, "candidates_digest": r.candidates_digest,
-                 "created": r.created.isoformat()}
-                for r, name in session.execute(query)]
-
-
 def load_ranks(registry: Registry, digest: str) -> tuple[np.ndarray, np.ndarray]:
     """(users, ranks) of a stored evaluation, for paired comparisons."""
     tensors = safetensors.numpy.load(registry.store.get_bytes(digest))
     return tensors["users"], tensors["ranks"]
 
 
-def scorer_score_function(scorer, template, batch_size: int = 64) -> ScoreFunction:
-    """Adapt a :class:`~xcross_registry.scorer.Scorer` to :data:`ScoreFunction`."""
-    from .training import score_candidates
+def evaluate(registry: Registry, name: str, *, domain: str | None = None,
+             template: str | None = None, batch_size: int = 64, **options) -> Evaluation:
+    """Evaluate any subject (see :mod:`xcross_registry.subjects`): a composition, an
+    adapter on its own domain or zero-shot on ``domain``, or a baseline
+    (``popularity:DOMAIN``), on the domain's stored candidates.
 
-    def score(data: DomainData, split: str, users: Sequence[int], matrix: np.ndarray,
-              progress: Callable[[int, int], None] | None = None) -> np.ndarray:
-        return score_candidates(scorer, data, template, split, matrix, users, batch_size=batch_size,
-                                progress=progress)
-
-    return score
+    The name, the options, the data and the template are all checked before a model
+    loads; a mode that cannot rank a catalogue is refused the ``full`` protocol."""
+    check_options(**options)
+    subject = resolve_subject(registry, name, domain=domain)
+    full = options.get("protocol") == "full"
+    if full:
+        subject.require_catalogue_ranker("the full-catalogue protocol")
+    loaded = load_subject(registry, subject, template=template, batch_size=batch_size)
+    if full and loaded.scorer is not None:  # an imported adapter's mode is known only now
+        require_catalogue_ranker(subject.name, loaded.scorer.config.mode, "the full-catalogue protocol")
+    return evaluate_scores(registry, subject.domain, loaded.score, subject_kind=subject.board_kind,
+                           subject_name=loaded.board_name,
+                           adapter_version_id=subject.adapter_version_id,
+                           composition_id=subject.composition_id, extra=loaded.evaluation_facts(),
+                           **options)
 
 
 def evaluate_adapter(registry: Registry, label: str, domain: str | None = None,
-                     batch_size: int = 64, template: str | None = None, **options) -> Evaluation:
-    """Evaluate a registered adapter version on its own domain, or zero-shot on another.
-
-    Names, options, data and template are all checked before the model loads."""
-    from .adapters import load_scorer, require_scorer, resolve_adapter
-
-    check_options(**options)
-    version = resolve_adapter(registry, label)
-    require_scorer(version.label, version.status)
-    domain = domain or version.domain.name
-    registry.domain_data(domain)  # an unknown or changed domain fails here, not after the load
-    trained = version.training_config.get("template")
-    prompt = registry.domain_type(domain).template_for(trained, template)
-    full = options.get("protocol") == "full"
-    if full:
-        require_dual(version.label, (version.training_config.get("scorer") or {}).get("mode"),
-                     "the full-catalogue protocol")
-    scorer, version = load_scorer(registry, version.label)
-    if full:  # an imported adapter's mode is known only now
-        require_dual(version.label, scorer.config.mode, "the full-catalogue protocol")
-    zero_shot = domain != version.domain.name
-    kind = "baseline" if version.status == "head-only" or zero_shot else "adapter"
-    name = f"{version.label}:zero-shot" if zero_shot else version.label
-    training = version.training_config.get("training", {})
-    method = "zero-shot" if zero_shot else "head-only" if version.status == "head-only" else "lora"
-    return evaluate_scores(registry, domain, scorer_score_function(scorer, prompt, batch_size),
-                           subject_kind=kind, subject_name=_prompted(name, template, trained, prompt.key),
-                           adapter_version_id=version.id,
-                           extra={"trainable_parameters": version.trainable_parameters,
-                                  "template": prompt.key,
-                                  "mode": scorer.config.mode, "method": method,
-                                  # the share of the evaluated domain's users it trained on
-                                  "fraction": 0.0 if zero_shot else training.get("fraction"),
-                                  "training_seed": training.get("seed"),
-                                  "run": _run_brief(version.training_config)},
-                           **options)
+                     **options) -> Evaluation:
+    """An adapter version on its own domain, or zero-shot on ``domain``."""
+    return evaluate(registry, registry.adapter(label).label, domain=domain, **options)
 
 
-def evaluate_composition(registry: Registry, name: str, batch_size: int = 64,
-                         template: str | None = None, **options) -> Evaluation:
-    """Evaluate a registered composition on its target domain (checks before the load)."""
-    check_options(**options)
-    subject = resolve_subject(registry, name, composition_only=True)
-    registry.domain_data(subject.domain)
-    prompt = registry.domain_type(subject.domain).template_for(subject.template, template)
-    if options.get("protocol") == "full":
-        require_dual(name, subject.mode, "the full-catalogue protocol")
-    from .composer import load_composition
-
-    scorer, row = load_composition(registry, name)
-    domain = row.target_domain.name
-    method = row.integrator_config.get("method", "xcross")
-    training = row.training_config.get("training", {})
-    return evaluate_scores(registry, domain, scorer_score_function(scorer, prompt, batch_size),
-                           subject_kind="composition" if method == "xcross" else "baseline",
-                           subject_name=_prompted(name, template, subject.template, prompt.key),
-                           composition_id=row.id,
-                           extra={"trainable_parameters": row.trainable_parameters,
-                                  "template": prompt.key,
-                                  "mode": scorer.config.mode, "method": method,
-                                  "fraction": training.get("fraction"), "training_seed": training.get("seed"),
-                                  "sources": [s.adapter.label for s in row.sources],
-                                  "run": _run_brief(row.training_config)},
-                           **options)
+def evaluate_composition(registry: Registry, name: str, **options) -> Evaluation:
+    """A registered composition on its target domain."""
+    return evaluate(registry, resolve_subject(registry, name, composition_only=True).name, **options)
 
 
-def _prompted(name: str, requested: str | None, trained: str | None, used: str) -> str:
-    """A subject scored with another prompt than it was trained with (``--template``)
-    is its own row on the leaderboard: ``toys@v1:prompt=short@1``."""
-    return name if requested is None or used == trained else f"{name}:prompt={used}"
-
-
-def _run_brief(training_config: dict) -> dict | None:
-    """What a leaderboard shows of the evaluated model's training run (``None`` for
-    imported adapters and models trained before runs were recorded)."""
-    run = training_config.get("run")
-    return {key: run[key] for key in ("stop_reason", "examples_seen", "optimizer_steps",
-                                      "epochs_completed")} if run else None
-
-
-def evaluate_named(registry: Registry, name: str, **options) -> Evaluation:
-    """A composition when ``name`` is one, else an adapter label."""
-    if resolve_subject(registry, name).kind == "composition":
-        return evaluate_composition(registry, name, **options)
-    return evaluate_adapter(registry, name, **options)
+def evaluate_popularity(registry: Registry, domain: str, **options) -> Evaluation:
+    """The popularity baseline of ``domain``."""
+    return evaluate(registry, f"popularity:{domain}", **options)
 
 
 def compare(registry: Registry, domain: str, first: str, second: str,
@@ -286,7 +185,7 @@ def compare(registry: Registry, domain: str, first: str, second: str,
     from .metrics import bootstrap_interval, per_user_metrics
 
     latest: dict[str, dict] = {}
-    for row in results(registry, domain, protocol):
+    for row in registry.evaluations(domain, protocol):
         if row["subject"] in (first, second):
             latest[row["subject"]] = row
     for subject in (first, second):

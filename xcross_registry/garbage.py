@@ -25,12 +25,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-from sqlalchemy import JSON, select
-
 from .artifacts import is_digest
 from .errors import ArtifactError
 from .registry import Registry
-from .schema import Base
 
 GRACE_SECONDS = 3600.0
 # Manifests and settings are a few KiB; weights (safetensors) are never JSON.
@@ -90,15 +87,7 @@ def collect_garbage(registry: Registry, *, dry_run: bool = False,
 
 def referenced_digests(registry: Registry) -> set[str]:
     """Every artifact digest the registry references, directly or through manifests."""
-    found: set[str] = set()
-    with registry.session() as session:
-        for table in Base.metadata.sorted_tables:
-            columns = [c for c in table.columns
-                       if c.name.endswith("digest") or isinstance(c.type, JSON)]
-            if not columns:
-                continue
-            for row in session.execute(select(*columns)):
-                found.update(_digests_in(list(row)))
+    found = _digests_in(registry.artifact_references())
     pending = list(found)
     while pending:
         digest = pending.pop()

@@ -13,7 +13,6 @@ import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .evaluation import results
 from .registry import Registry
 
 COLUMNS = ("hit@1", "hit@3", "hit@10", "ndcg@10", "mrr")
@@ -40,7 +39,7 @@ def leaderboard(registry: Registry, domain: str, protocol: str | None = None) ->
     """Boards for ``domain`` (newest group first), rows sorted by Hit@1 then NDCG@10."""
     registry.domain(domain)  # unknown domains are an error, not an empty board
     boards: dict[tuple, Board] = {}
-    for row in results(registry, domain, protocol):
+    for row in registry.evaluations(domain, protocol):
         key = (row["protocol"], row["split"], row["data_fingerprint"], row["candidates_digest"],
                row["users"])
         board = boards.setdefault(key, Board(domain, row["protocol"], row["split"],
@@ -48,6 +47,7 @@ def leaderboard(registry: Registry, domain: str, protocol: str | None = None) ->
         entry = {"subject": row["subject"], "kind": row["subject_kind"], "users": row["users"],
                  "trainable_parameters": row.get("trainable_parameters", 0),
                  "fraction": row.get("fraction"), "mode": row.get("mode"),
+                 "popularity_prior": row.get("popularity_prior"),
                  "method": row.get("method"), "training_seed": row.get("training_seed"),
                  "sources": row.get("sources"), "run": row.get("run"),
                  "metrics": {name: row["metrics"][name] for name in COLUMNS if name in row["metrics"]},

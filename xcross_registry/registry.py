@@ -14,7 +14,7 @@ import re
 import shlex
 from typing import TYPE_CHECKING, Any, Iterator
 
-from sqlalchemy import delete, func, or_, select
+from sqlalchemy import JSON, delete, func, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
@@ -22,16 +22,19 @@ from . import settings
 from .artifacts import ArtifactStore
 from .data import DomainData, DomainType, Item, validate_domain_data, validate_domain_type
 from .database import display_url, explained_errors, open_session_factory
-from .errors import ConflictError, DataError, NotFoundError, PluginError, ValidationError, XregError
+from .errors import (ConflictError, DataError, ModelError, NotFoundError, PluginError,
+                     ValidationError, XregError)
 from .plugins import PluginSet, get_plugins
-from .schema import (AdapterVersion, Composition, CompositionSource, Domain,
-                     EvaluationResult, Tag, utcnow)
+from .schema import (AdapterVersion, Base, BaseModel, BaselineModel, Composition, CompositionSource,
+                     Domain, EvaluationResult, Tag, utcnow)
 from .schema import CandidateSet as CandidateSetRow
 
 if TYPE_CHECKING:  # pragma: no cover
+    from .base_model import BaseModelInfo
     from .candidates import CandidateSet
 
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+ADAPTER_LABEL = re.compile(r"(?P<domain>[^@]+)(?:@v?(?P<version>\d+))?")
 
 
 def validate_name(name: str, what: str = "domain") -> str:
@@ -188,7 +191,8 @@ class Registry:
                 if all(word in f"{item.id} {item.title}".lower() for word in words)]
 
     def dependents(self, name: str) -> dict[str, list[str]]:
-        """Adapters and compositions that would lose their data if ``name`` went away."""
+        """Adapters, compositions and trained baselines that would lose their data if
+        ``name`` went away."""
         domain = self.domain(name)
         with self.session() as session:
             adapters = session.scalars(
@@ -202,16 +206,21 @@ class Registry:
                     Composition.target_domain_id == domain.id,
                     CompositionSource.adapter_version_id.in_(adapter_ids)))
                 .distinct().order_by(Composition.name)).all()
+            baselines = session.scalars(
+                select(BaselineModel).where(BaselineModel.domain_id == domain.id)
+                .order_by(BaselineModel.kind, BaselineModel.version)).all()
             return {"adapters": [f"{name}@v{a.version}" for a in adapters],
-                    "compositions": list(compositions)}
+                    "compositions": list(compositions),
+                    "baselines": [f"{b.kind}:{name}@v{b.version}" for b in baselines]}
 
     def remove_domain(self, name: str, force: bool = False) -> dict[str, list[str]]:
-        """Remove a domain; with ``force`` also its adapters, compositions and results.
+        """Remove a domain; with ``force`` also its adapters, compositions, trained
+        baselines and results.
 
         Artifacts stay in the store: they are addressed by content and may be shared."""
         deps = self.dependents(name)
-        if not force and (deps["adapters"] or deps["compositions"]):
-            listed = ", ".join(deps["adapters"] + deps["compositions"])
+        if not force and any(deps.values()):
+            listed = ", ".join(sum(deps.values(), []))
             raise ConflictError(f"domain {name!r} is used by {listed}; remove those first or "
                                 "use --force")
         domain = self.domain(name)
@@ -228,6 +237,7 @@ class Registry:
                 CompositionSource.composition_id.in_(composition_ids)))
             session.execute(delete(Composition).where(Composition.id.in_(composition_ids)))
             session.execute(delete(AdapterVersion).where(AdapterVersion.id.in_(adapter_ids)))
+            session.execute(delete(BaselineModel).where(BaselineModel.domain_id == domain.id))
             for kind, ids in (("domain", [domain.id]), ("adapter", adapter_ids),
                               ("composition", composition_ids)):
                 session.execute(delete(Tag).where(Tag.entity_kind == kind,
@@ -276,6 +286,188 @@ class Registry:
                 query = query.where(Domain.name == domain)
             return list(session.scalars(query))
 
+    def adapter(self, label: str) -> AdapterVersion:
+        """``toys`` (its latest LoRA version) or ``toys@v2`` / ``toys@2`` → the adapter version row."""
+        match = ADAPTER_LABEL.fullmatch(label or "")
+        if match is None:
+            raise ValidationError(f"not an adapter name: {label!r} (use DOMAIN or DOMAIN@vN)")
+        versions = self.adapters(match["domain"])
+        if not versions:
+            self.domain(match["domain"])  # raises 'unknown domain' when that is the problem
+            raise NotFoundError(f"domain {match['domain']!r} has no adapter yet; train one with "
+                                f"'xreg train-adapter {match['domain']}'")
+        if match["version"] is None:
+            lora = [v for v in versions if v.status != "head-only"]
+            if not lora:
+                raise NotFoundError(f"domain {match['domain']!r} has only head-only baselines; "
+                                    f"train a LoRA adapter with 'xreg train-adapter {match['domain']}'")
+            return lora[-1]
+        wanted = int(match["version"])
+        for version in versions:
+            if version.version == wanted:
+                return version
+        raise NotFoundError(f"unknown adapter {label!r}: {match['domain']} has versions "
+                            + ", ".join(f"v{v.version}" for v in versions))
+
+    def head_only_adapter(self, domain: str) -> AdapterVersion:
+        """The newest head-only baseline of ``domain`` (``xreg train-adapter D --head-only``)."""
+        versions = [v for v in self.adapters(domain) if v.status == "head-only"]
+        if not versions:
+            self.domain(domain)
+            raise NotFoundError(f"domain {domain!r} has no head-only baseline; train one with "
+                                f"'xreg train-adapter {domain} --head-only'")
+        return versions[-1]
+
+    def add_adapter_version(self, domain: str, base: "BaseModelInfo", *, artifact_digest: str,
+                            lora_config: dict[str, Any], trainable_parameters: int,
+                            training_config: dict[str, Any], metrics: dict[str, Any],
+                            status: str = "ready") -> AdapterVersion:
+        """Add stored artifacts as ``domain``'s next adapter version, in one transaction
+        (the version number is taken inside it, so concurrent runs get distinct ones)."""
+        domain_row = self.domain(domain)
+        with self.session() as session:
+            base_row = _base_model_row(session, base)
+            version = (session.scalar(select(func.max(AdapterVersion.version))
+                                      .where(AdapterVersion.domain_id == domain_row.id)) or 0) + 1
+            session.add(AdapterVersion(
+                domain_id=domain_row.id, base_model_id=base_row.id, version=version,
+                lora_config=lora_config, artifact_digest=artifact_digest,
+                trainable_parameters=int(trainable_parameters),
+                data_fingerprint=domain_row.data_fingerprint, training_config=training_config,
+                metrics=metrics, status=status))
+        return self.adapter(f"{domain}@v{version}")
+
+    # ---- compositions ------------------------------------------------------------------
+
+    def find_composition(self, name: str) -> Composition | None:
+        """The composition called ``name`` with its target and lineage, or ``None``."""
+        with self.session() as session:
+            return session.scalar(_with_lineage(select(Composition).where(Composition.name == name)))
+
+    def composition(self, name: str) -> Composition:
+        row = self.find_composition(name)
+        if row is None:
+            raise NotFoundError(f"unknown composition {name!r}")
+        return row
+
+    def compositions(self) -> list[Composition]:
+        with self.session() as session:
+            return list(session.scalars(_with_lineage(select(Composition).order_by(Composition.name))))
+
+    def check_composition_name(self, name: str, session: Session | None = None) -> None:
+        """Refuse a composition name that is taken by a composition or a domain (names
+        share one namespace on the command line)."""
+        with contextlib.ExitStack() as stack:
+            session = session or stack.enter_context(self.session())
+            if session.scalar(select(Composition.id).where(Composition.name == name)) is not None:
+                raise ConflictError(f"composition {name!r} already exists")
+            if session.scalar(select(Domain.id).where(Domain.name == name)) is not None:
+                raise ConflictError(f"{name!r} is a domain name; choose another composition name")
+
+    def add_composition(self, name: str, target: str, sources: list[AdapterVersion], *,
+                        artifact_digest: str, integrator_config: dict[str, Any],
+                        training_config: dict[str, Any], metrics: dict[str, Any],
+                        trainable_parameters: int) -> Composition:
+        """Add a composition row with its lineage (its ordered sources), atomically; the
+        name is checked again inside the transaction that takes it."""
+        target_row = self.domain(target)
+        with self.session() as session:
+            self.check_composition_name(name, session)
+            row = Composition(name=name, target_domain_id=target_row.id,
+                              artifact_digest=artifact_digest, integrator_config=integrator_config,
+                              training_config=training_config, metrics=metrics,
+                              trainable_parameters=int(trainable_parameters),
+                              data_fingerprint=target_row.data_fingerprint)
+            row.sources = [CompositionSource(position=i, adapter_version_id=v.id)
+                           for i, v in enumerate(sources)]
+            session.add(row)
+        return self.composition(name)
+
+    # ---- trained baselines -------------------------------------------------------------
+
+    def baseline_models(self, domain: str | None = None, kind: str | None = None) -> list[BaselineModel]:
+        """Stored trained baselines (of one domain, of one kind), by domain, kind and version."""
+        with self.session() as session:
+            query = (select(BaselineModel).join(Domain).options(selectinload(BaselineModel.domain))
+                     .order_by(Domain.name, BaselineModel.kind, BaselineModel.version))
+            if domain is not None:
+                query = query.where(Domain.name == domain)
+            if kind is not None:
+                query = query.where(BaselineModel.kind == kind)
+            return list(session.scalars(query))
+
+    def baseline_model(self, kind: str, label: str) -> BaselineModel:
+        """``kind``'s stored baseline of ``tools`` (the latest version) or ``tools@v2``."""
+        match = ADAPTER_LABEL.fullmatch(label or "")
+        if match is None:
+            raise ValidationError(f"not a baseline name: {kind}:{label} (use {kind}:DOMAIN or "
+                                  f"{kind}:DOMAIN@vN)")
+        domain = match["domain"]
+        versions = self.baseline_models(domain, kind)
+        if not versions:
+            self.domain(domain)  # raises 'unknown domain' when that is the problem
+            raise NotFoundError(f"domain {domain!r} has no {kind} baseline yet; train one with "
+                                f"'xreg train-baseline {kind} {domain}'")
+        if match["version"] is None:
+            return versions[-1]
+        for version in versions:
+            if version.version == int(match["version"]):
+                return version
+        raise NotFoundError(f"unknown baseline {kind}:{label}: {kind}:{domain} has versions "
+                            + ", ".join(f"v{v.version}" for v in versions))
+
+    def add_baseline_model(self, domain: str, kind: str, *, artifact_digest: str,
+                           trainable_parameters: int, training_config: dict[str, Any],
+                           metrics: dict[str, Any]) -> BaselineModel:
+        """Add a stored trained baseline as ``domain``'s next version of ``kind``, in one
+        transaction (the version number is taken inside it, as for adapters)."""
+        domain_row = self.domain(domain)
+        with self.session() as session:
+            version = (session.scalar(select(func.max(BaselineModel.version)).where(
+                BaselineModel.domain_id == domain_row.id, BaselineModel.kind == kind)) or 0) + 1
+            session.add(BaselineModel(
+                domain_id=domain_row.id, kind=kind, version=version, artifact_digest=artifact_digest,
+                trainable_parameters=int(trainable_parameters),
+                data_fingerprint=domain_row.data_fingerprint, training_config=training_config,
+                metrics=metrics))
+        return self.baseline_model(kind, f"{domain}@v{version}")
+
+    # ---- evaluations -------------------------------------------------------------------
+
+    def add_evaluation(self, *, subject_kind: str, subject_name: str, domain: str, protocol: str,
+                       split: str, metrics: dict[str, Any], num_users: int,
+                       candidates_digest: str | None, adapter_version_id: int | None = None,
+                       composition_id: int | None = None) -> int:
+        """Record one evaluation of a subject on ``domain``'s current data; its row id."""
+        domain_row = self.domain(domain)
+        with self.session() as session:
+            row = EvaluationResult(
+                subject_kind=subject_kind, subject_name=subject_name,
+                adapter_version_id=adapter_version_id, composition_id=composition_id,
+                domain_id=domain_row.id, protocol=protocol, split=split, metrics=metrics,
+                num_users=int(num_users), data_fingerprint=domain_row.data_fingerprint,
+                candidates_digest=candidates_digest)
+            session.add(row)
+            session.flush()
+            return row.id
+
+    def evaluations(self, domain: str | None = None, protocol: str | None = None) -> list[dict]:
+        """Stored evaluation rows, oldest first, as JSON-ready dicts."""
+        with self.session() as session:
+            query = (select(EvaluationResult, Domain.name).join(Domain)
+                     .order_by(EvaluationResult.id))
+            if domain is not None:
+                query = query.where(Domain.name == domain)
+            if protocol is not None:
+                query = query.where(EvaluationResult.protocol == protocol)
+            return [{"id": r.id, "subject_kind": r.subject_kind, "subject": r.subject_name,
+                     "domain": name, "protocol": r.protocol, "split": r.split, "users": r.num_users,
+                     "metrics": r.metrics.get("summary", {}),
+                     **{k: v for k, v in r.metrics.items() if k != "summary"},
+                     "data_fingerprint": r.data_fingerprint, "candidates_digest": r.candidates_digest,
+                     "created": r.created.isoformat()}
+                    for r, name in session.execute(query)]
+
     # ---- tags ------------------------------------------------------------------------
 
     def set_tag(self, kind: str, entity_id: int, key: str, value: str) -> None:
@@ -293,9 +485,47 @@ class Registry:
                                                      Tag.entity_id == entity_id))
             return {row.key: row.value for row in rows}
 
+    # ---- artifacts -------------------------------------------------------------------
+
+    def artifact_references(self) -> list[Any]:
+        """Every stored value that can name an artifact (digest columns, and JSON columns,
+        which hold digests in configs and records), for garbage collection to follow."""
+        values: list[Any] = []
+        with self.session() as session:
+            for table in Base.metadata.sorted_tables:
+                columns = [c for c in table.columns
+                           if c.name.endswith("digest") or isinstance(c.type, JSON)]
+                if columns:
+                    values.extend(value for row in session.execute(select(*columns)) for value in row)
+        return values
+
     def count(self, table: type) -> int:
         with self.session() as session:
             return session.scalar(select(func.count()).select_from(table))
+
+
+def _base_model_row(session: Session, info: "BaseModelInfo") -> BaseModel:
+    """The base model's row, added on first use; a known name with another shape is refused."""
+    row = session.scalar(select(BaseModel).where(BaseModel.name == info.name))
+    if row is None:
+        row = BaseModel(name=info.name, family=info.family, model_type=info.model_type,
+                        hidden_size=info.hidden_size, num_layers=info.num_layers)
+        session.add(row)
+        session.flush()
+    elif (row.hidden_size, row.num_layers) != (info.hidden_size, info.num_layers):
+        raise ModelError(f"base model {info.name!r} is registered with hidden size "
+                         f"{row.hidden_size} and {row.num_layers} layers, not "
+                         f"{info.hidden_size} and {info.num_layers}")
+    return row
+
+
+def _with_lineage(query):
+    """Eager-load what a composition's readers use (target, sources with their domain and
+    base model), so listing N compositions is a few queries, not N."""
+    adapter = selectinload(Composition.sources).selectinload(CompositionSource.adapter)
+    return query.options(selectinload(Composition.target_domain),
+                         adapter.selectinload(AdapterVersion.domain),
+                         adapter.selectinload(AdapterVersion.base_model))
 
 
 def load_with(domain_type: DomainType, location: str) -> DomainData:
@@ -353,4 +583,11 @@ def as_dict(row: Any) -> dict[str, Any]:
                 "data_fingerprint": row.data_fingerprint,
                 "training_config": row.training_config, "metrics": row.metrics,
                 "status": row.status, "created": row.created.isoformat()}
+    if isinstance(row, BaselineModel):
+        return {"name": row.label, "kind": row.kind, "domain": row.domain.name,
+                "version": row.version, "artifact_digest": row.artifact_digest,
+                "trainable_parameters": row.trainable_parameters,
+                "data_fingerprint": row.data_fingerprint,
+                "training_config": row.training_config, "metrics": row.metrics,
+                "created": row.created.isoformat()}
     raise TypeError(f"no dict form for {type(row).__name__}")

@@ -15,7 +15,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 # Bumped together with every new revision in migrations/versions; a test checks that
 # it equals Alembic's head, so startup can compare versions without importing Alembic.
-SCHEMA_HEAD = "0002"
+SCHEMA_HEAD = "0004"
 VERSION_TABLE = "xreg_schema_version"
 
 
@@ -97,7 +97,13 @@ class AdapterVersion(Base):
 
 
 class Composition(Base):
-    """An X-Cross model: frozen source adapters (by reference) + trained integrators."""
+    """A model composed of frozen source adapters (by reference) by a composition method
+    (X-Cross integrators, a linear merge...), with what it trained.
+
+    Stored in the shape of :class:`AdapterVersion`: ``training_config`` holds how it was
+    trained (training options, template, run record), ``metrics`` what training measured
+    (validation, best epoch, train users, seconds); ``integrator_config`` holds what is
+    particular to a composition (method, mode, method settings, parameter counts)."""
 
     __tablename__ = "compositions"
 
@@ -110,6 +116,8 @@ class Composition(Base):
     trainable_parameters: Mapped[int] = mapped_column(Integer, default=0)
     data_fingerprint: Mapped[str] = mapped_column(String(64))
     created: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    # Since revision 0003 (which moved them here out of training_config).
+    metrics: Mapped[dict[str, Any]] = mapped_column(default=dict)
 
     target_domain: Mapped[Domain] = relationship()
     sources: Mapped[list["CompositionSource"]] = relationship(
@@ -126,6 +134,35 @@ class CompositionSource(Base):
     adapter_version_id: Mapped[int] = mapped_column(ForeignKey("adapter_versions.id"))
 
     adapter: Mapped[AdapterVersion] = relationship()
+
+
+class BaselineModel(Base):
+    """A trained baseline of a domain (an ID-based SASRec, ...), asked for as
+    ``KIND:DOMAIN@vN``; versions count up per (domain, kind).
+
+    Stored in the shape of :class:`AdapterVersion` (``training_config``: the baseline's
+    settings under ``training`` and its ``run`` record; ``metrics``: what validation
+    measured) without what only language-model scorers have (base model, LoRA, prompt)."""
+
+    __tablename__ = "baseline_models"
+    __table_args__ = (UniqueConstraint("domain_id", "kind", "version"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    domain_id: Mapped[int] = mapped_column(ForeignKey("domains.id"))
+    kind: Mapped[str] = mapped_column(String(32))  # its name in baselines.BASELINES
+    version: Mapped[int] = mapped_column(Integer)
+    artifact_digest: Mapped[str] = mapped_column(String(64))
+    trainable_parameters: Mapped[int] = mapped_column(Integer)
+    data_fingerprint: Mapped[str] = mapped_column(String(64))
+    training_config: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    metrics: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    created: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    domain: Mapped[Domain] = relationship()
+
+    @property
+    def label(self) -> str:
+        return f"{self.kind}:{self.domain.name}@v{self.version}"
 
 
 class CandidateSet(Base):

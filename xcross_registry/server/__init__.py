@@ -11,13 +11,7 @@ shows the registry in a browser.
 FastAPI, uvicorn and jinja2 come with the ``serve`` extra and are imported only here.
 """
 
-from pathlib import Path
-
-PACKAGE_DIR = Path(__file__).resolve().parent
-STATIC_DIR = PACKAGE_DIR / "static"
-TEMPLATES_DIR = PACKAGE_DIR / "templates"
-
-from .app import ServerConfig, create_app, serve  # noqa: E402  (app reads the paths above)
-from .models import BatchingConfig  # noqa: E402
+from .app import ServerConfig, create_app, serve
+from .models import BatchingConfig
 
 __all__ = ["BatchingConfig", "ServerConfig", "create_app", "serve"]

@@ -7,10 +7,11 @@ from typing import Annotated, Any
 from fastapi import APIRouter, HTTPException, Request
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-from .. import composer, leaderboard
+from .. import leaderboard
 from ..registry import as_dict
+from ..scoring_modes import require_catalogue_ranker
 from ..serving import Query
-from ..subjects import require_dual
+from ..subjects import list_subjects
 from .models import ModelCache, Served
 
 # Request limits: a history is a user's recent items, not a data dump.
@@ -79,8 +80,8 @@ async def recommend_for(cache: ModelCache, body: RecommendRequest) -> tuple[Serv
     for the answer from the subject's micro-batcher."""
     served = await cache.get(body.subject)
     if body.candidates is None:
-        require_dual(served.subject.name, served.model.scorer.config.mode, "whole-catalogue ranking",
-                     " (give candidates)")
+        require_catalogue_ranker(served.subject.name, served.model.scorer.config.mode,
+                                 "whole-catalogue ranking", " (give candidates)")
     else:
         unknown = [text for text, item in zip(body.candidates, served.model.match(body.candidates))
                    if not item.id]
@@ -110,17 +111,11 @@ def subjects(request: Request) -> list[dict[str, Any]]:  # plain defs run on a w
     cache = cache_of(request)
     registry = cache.registry
     loaded, failed = cache.batching_stats(), cache.failures()
-    rows = []
-    for row in composer.compositions(registry):
-        rows.append({"subject": row.name, "kind": "composition", "domain": row.target_domain.name,
-                     "mode": row.integrator_config.get("mode"), "digest": row.artifact_digest,
-                     "version": row.created.isoformat(),
-                     "sources": [s.adapter.label for s in row.sources]})
-    for version in registry.adapters():
-        rows.append({"subject": version.label, "kind": "adapter", "domain": version.domain.name,
-                     "mode": (version.training_config.get("scorer") or {}).get("mode"),
-                     "digest": version.artifact_digest, "version": version.label,
-                     "status": version.status, "base_model": version.base_model.name})
+    rows = [{"subject": s.name, "kind": s.kind, "domain": s.domain, "mode": s.mode,
+             "digest": s.digest, "version": s.version,
+             **({"sources": list(s.sources)} if s.kind == "composition" else
+                {"status": s.status, "base_model": s.base_model})}
+            for s in list_subjects(registry)]
     for row in rows:
         row["loaded"] = row["subject"] in loaded
         row["batching"] = loaded.get(row["subject"])

@@ -8,6 +8,7 @@ import json
 import socket
 import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -18,8 +19,10 @@ from starlette.exceptions import HTTPException
 
 from ..errors import NotFoundError, ValidationError, XregError
 from ..registry import Registry
-from . import STATIC_DIR, api, pages
+from . import api, pages
 from .models import BatchingConfig, ModelCache, SubjectUnavailable
+
+STATIC_DIR = Path(__file__).resolve().parent / "static"
 
 MAX_BODY_BYTES = 256 * 1024  # far above any real history; a 1 MB body is refused unread
 
@@ -193,7 +196,7 @@ def serve(config: ServerConfig) -> None:
 
     registry = Registry()
     for name in config.preload:
-        resolve_subject(registry, name).check_scores()  # a typo fails now, not in the log
+        resolve_subject(registry, name).check_serves()  # a typo fails now, not in the log
     family = socket.AF_INET6 if ":" in config.host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

@@ -19,8 +19,8 @@ from typing import Sequence
 
 from ..errors import NotFoundError, XregError
 from ..registry import Registry
-from ..serving import LoadedModel, Query, Recommendation, item_embeddings, load_model, recommend_many
-from ..subjects import Subject, resolve_subject
+from ..serving import Query, Recommendation, item_embeddings, load_model, recommend_many
+from ..subjects import LoadedSubject, Subject, resolve_subject
 
 # A subject whose load failed is answered 503 at once for this long, then retried.
 FAILED_LOAD_RETRY_S = 30.0
@@ -46,7 +46,7 @@ class MicroBatcher:
     (up to ``max_batch``), so under load batches grow by themselves and the wait bound
     only matters when the service is nearly idle."""
 
-    def __init__(self, model: LoadedModel, compute: ThreadPoolExecutor, config: BatchingConfig) -> None:
+    def __init__(self, model: LoadedSubject, compute: ThreadPoolExecutor, config: BatchingConfig) -> None:
         self.model = model
         self._compute = compute
         self._config = config
@@ -118,7 +118,7 @@ class Served:
     """A loaded model and its batcher."""
 
     subject: Subject
-    model: LoadedModel
+    model: LoadedSubject
     batcher: MicroBatcher
 
 
@@ -158,7 +158,7 @@ class ModelCache:
     async def get(self, name: str) -> Served:
         """The served model of subject ``name``, loading it if needed."""
         subject = await self.resolve(name)
-        subject.check_scores()
+        subject.check_serves()
         key = subject.name
         if key in self._loaded:
             self._loaded.move_to_end(key)
@@ -190,9 +190,9 @@ class ModelCache:
                 evicted.batcher.close()  # in-flight requests still get their answers
             return served
 
-    def _load(self, subject: Subject) -> LoadedModel:
+    def _load(self, subject: Subject) -> LoadedSubject:
         model = load_model(self.registry, subject.name)
-        if model.scorer.config.mode == "dual":
+        if model.scorer.mode.ranks_catalogue:
             item_embeddings(model)  # computed (or read from the cache) now, not by a request
         return model
 

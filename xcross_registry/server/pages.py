@@ -2,7 +2,7 @@
 
 Every text from the registry or a user goes through jinja2 with autoescaping on, so
 a title such as ``<script>`` shows as text.  Plots reuse the CLI's drawing functions
-(``leaderboard.plot``, ``leaderboard.plot_efficiency``, ``composer.plot_integration``)
+(``leaderboard.plot``, ``leaderboard.plot_efficiency``, ``xcross.integration.plot_integration``)
 and are kept in memory, keyed by what they were drawn from, so they are drawn once.
 """
 
@@ -21,11 +21,14 @@ from fastapi.responses import HTMLResponse, Response
 from pydantic import ValidationError as SchemaError
 
 from .. import composer, leaderboard
+from ..composition_methods import composition_method
 from ..errors import NotFoundError, XregError
 from ..registry import as_dict
-from . import TEMPLATES_DIR
+from ..xcross.integration import plot_integration
 from .api import RecommendRequest, recommend_for
 from .models import ModelCache, SubjectUnavailable
+
+TEMPLATES_DIR = Path(__file__).resolve().parent / "templates"
 
 router = APIRouter(include_in_schema=False)
 
@@ -56,7 +59,7 @@ def index(request: Request) -> HTMLResponse:
     registry = _cache(request).registry
     return _page("index.html", title="registry",
                  domains=[as_dict(row) for row in registry.domains()],
-                 compositions=[composer.as_dict(row) for row in composer.compositions(registry)],
+                 compositions=[composer.as_dict(row) for row in registry.compositions()],
                  adapters=[as_dict(row) for row in registry.adapters()],
                  loaded=set(_cache(request).loaded()))
 
@@ -71,7 +74,7 @@ def domain_page(name: str, request: Request) -> HTMLResponse:
     boards = leaderboard.leaderboard(registry, name)
     return _page("domain.html", title=f"domain {name}", domain=domain,
                  adapters=[as_dict(row) for row in registry.adapters(name)],
-                 compositions=[composer.as_dict(row) for row in composer.compositions(registry)
+                 compositions=[composer.as_dict(row) for row in registry.compositions()
                                if row.target_domain.name == name],
                  boards=boards, columns=leaderboard.COLUMNS,
                  has_fractions=any(row["fraction"] for b in boards for row in b.rows))
@@ -81,10 +84,11 @@ def domain_page(name: str, request: Request) -> HTMLResponse:
 def composition_page(name: str, request: Request) -> HTMLResponse:
     registry = _cache(request).registry
     try:
-        document = composer.as_dict(composer.composition(registry, name))
+        document = composer.as_dict(registry.composition(name))
     except NotFoundError as exc:
         return _error_page(404, str(exc))
-    return _page("composition.html", title=f"composition {name}", c=document)
+    return _page("composition.html", title=f"composition {name}", c=document,
+                 has_integrators=composition_method(document["method"]).has_integrators)
 
 
 @router.get("/try/{subject}", response_class=HTMLResponse)
@@ -181,6 +185,6 @@ async def efficiency_plot(domain: str, request: Request) -> Response:
 async def integration_plot(name: str, request: Request) -> Response:
     """The composition's per-layer integration weights (``xreg show NAME --plot``)."""
     registry = _cache(request).registry
-    row = await asyncio.get_running_loop().run_in_executor(None, composer.composition, registry, name)
-    return await _png(("integration", name, row.artifact_digest), lambda path: composer.plot_integration(
+    row = await asyncio.get_running_loop().run_in_executor(None, registry.composition, name)
+    return await _png(("integration", name, row.artifact_digest), lambda path: plot_integration(
         composer.integration_weights(registry, name), path))

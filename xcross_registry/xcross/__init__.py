@@ -1,30 +1,37 @@
 """X-Cross composer core: n frozen LoRA sources over one frozen base model, integrated
-layer by layer by trainable maps (peft-style: config, layer, model).
+layer by layer by trainable maps (peft-style: config, layer, model), plus what the
+registry needs of it: the composition method (:mod:`.method`), the encoder a scorer
+wraps (:mod:`.states`) and the integration measurement (:mod:`.integration`).
 
-Pure torch; the registry, the scorer head and the CLI build on it.
+Names are exported lazily (PEP 562): :mod:`.config` and :mod:`.method` are torch-free,
+and the composition-methods table imports :mod:`.method` in listing commands, which
+must not pay for torch.
 """
 
-from xcross_registry.xcross.config import XCrossConfig
-from xcross_registry.xcross.layer import StackedLora, XCrossIntegrator
-from xcross_registry.xcross.model import (
-    IntegrationWeights,
-    LoraSource,
-    XCrossEncoder,
-    XCrossOutput,
-    find_layer_list,
-    lora_parameter_count,
-    stack_lora_sources,
-)
+from __future__ import annotations
 
-__all__ = [
-    "IntegrationWeights",
-    "LoraSource",
-    "StackedLora",
-    "XCrossConfig",
-    "XCrossEncoder",
-    "XCrossIntegrator",
-    "XCrossOutput",
-    "find_layer_list",
-    "lora_parameter_count",
-    "stack_lora_sources",
-]
+import importlib
+from typing import Any
+
+# exported name -> the submodule that defines it
+_EXPORTS = {
+    "XCrossConfig": "config",
+    "StackedLora": "layer",
+    "XCrossIntegrator": "layer",
+    "IntegrationWeights": "model",
+    "LoraSource": "model",
+    "XCrossEncoder": "model",
+    "XCrossOutput": "model",
+    "find_layer_list": "model",
+    "lora_parameter_count": "model",
+    "stack_lora_sources": "model",
+    "XCrossStates": "states",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)

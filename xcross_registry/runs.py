@@ -1,0 +1,116 @@
+"""One training run that ends in the registry: the skeleton shared by adapters and compositions.
+
+``train_adapter`` and ``compose`` differ in what they build and what they store, not in
+how a run goes: the time cap counts from the call's start, SIGTERM unwinds the run as
+:class:`TrainingInterrupted` (so staging is cleaned and nothing half-registered stays),
+progress is displayed, :func:`~xcross_registry.training.train_scorer` trains, and under a
+multi-process launch only the main process stages artifacts and registers the row while
+every process gets its key back.  :func:`train_and_register` is that skeleton; the
+caller supplies the model (``prepare``) and the registration (``register``), and gets a
+:class:`FinishedRun` that stores the run in the one shape both kinds share.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Iterator
+
+from .errors import XregError
+from .progress import AUTO, TrainingProgressArg, training_display
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .data import DomainData
+    from .registry import Registry
+    from .scorer import Scorer
+    from .templates import PromptTemplate
+    from .training import Deadline, TrainingConfig, TrainingResult
+
+
+class TrainingInterrupted(XregError):
+    """A training run was stopped by a signal; nothing was registered."""
+
+
+@dataclass(frozen=True)
+class TrainingJob:
+    """What a run trains: a fresh scorer, the domain data and the prompt template."""
+
+    scorer: "Scorer"
+    data: "DomainData"
+    template: "PromptTemplate"
+
+
+@dataclass(frozen=True)
+class FinishedRun:
+    """A finished run as the registrar sees it, with the stored forms of its record."""
+
+    job: TrainingJob
+    config: "TrainingConfig"
+    result: "TrainingResult"
+    wall_seconds: float
+
+    def training_config(self, **extra: Any) -> dict[str, Any]:
+        """What the row stores as ``training_config`` (adapters and compositions alike):
+        the training options, the prompt template, the run record, plus ``extra``."""
+        return {"training": self.config.to_dict(), "template": self.job.template.key,
+                "run": self.result.run_record(self.wall_seconds), **extra}
+
+    def metrics(self) -> dict[str, Any]:
+        """What the row stores as ``metrics``: what training measured."""
+        result = self.result
+        return {"validation": result.best_metrics, "best_epoch": result.best_epoch,
+                "train_users": result.train_users, "seconds": round(result.seconds, 1),
+                "sequences_per_second": round(result.sequences_per_second, 2)}
+
+
+# register(staging folder, finished run) -> the registered model's key (label or name)
+Registrar = Callable[[Path, FinishedRun], str]
+
+
+@contextlib.contextmanager
+def signals_interrupt() -> Iterator[None]:
+    """Turn SIGTERM into :class:`TrainingInterrupted`, so a killed run unwinds and
+    cleans its staging folder."""
+    def interrupt(signum, _frame):
+        raise TrainingInterrupted(f"training stopped by signal {signum}; nothing was registered")
+
+    try:
+        previous = signal.signal(signal.SIGTERM, interrupt)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def train_and_register(registry: "Registry", prepare: Callable[[], TrainingJob], register: Registrar,
+                       training_config: "TrainingConfig", *, staging: str = "train",
+                       progress: TrainingProgressArg = AUTO,
+                       should_stop: Callable[[], bool] | None = None,
+                       deadline: "Deadline | None" = None) -> str:
+    """Build a model with ``prepare``, train it, and register it with ``register``.
+
+    ``deadline`` bounds the run (default: ``training_config.max_minutes`` from this
+    call's start, so checking and building count too; the CLI passes one from the
+    command's start).  ``register`` runs in the main process only, inside a staging
+    folder that is removed afterwards whatever happens; every process returns the key
+    it returned."""
+    from .training import Deadline, is_main_process, train_scorer, wait_for_main
+
+    started = time.perf_counter()
+    deadline = deadline or Deadline.for_config(training_config)
+    job = prepare()
+    with signals_interrupt(), training_display(progress) as report:
+        result = train_scorer(job.scorer, job.data, job.template, training_config, progress=report,
+                              should_stop=should_stop, deadline=deadline)
+        key = None
+        if is_main_process():
+            with registry.store.staging_folder(staging) as folder:
+                key = register(folder, FinishedRun(job, training_config, result,
+                                                   time.perf_counter() - started))
+    return wait_for_main(key)
