@@ -13,10 +13,10 @@ registry can name the default base model without paying for torch.
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
-from .errors import ModelError, ValidationError
+from .errors import ModelError, refuse_unknown_fields
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -62,10 +62,7 @@ class BaseModelInfo:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "BaseModelInfo":
-        unknown = sorted(set(values) - {f.name for f in fields(cls)})
-        if unknown:
-            raise ValidationError(f"unknown base model info field(s): {', '.join(unknown)}")
-        return cls(**values)
+        return cls(**refuse_unknown_fields(cls, values, "base model info"))
 
 
 def model_family(model_type: str) -> str:

@@ -47,3 +47,13 @@ class DatabaseError(XregError):
 class XregWarning(UserWarning):
     """Something the user asked for was adjusted rather than refused (an ignored
     ``--bf16``, say); the CLI prints it as one ``warning: ...`` line."""
+
+
+def refuse_unknown_fields(cls: type, values: dict, what: str) -> dict:
+    """``values`` for ``cls(**values)``, refusing keys that are not fields of the dataclass
+    ``cls``: a stored or user-given config with a misspelt key must fail by name, not
+    raise a TypeError from the constructor (or be silently dropped)."""
+    unknown = sorted(set(values) - set(cls.__dataclass_fields__))
+    if unknown:
+        raise ValidationError(f"unknown {what} field(s): {', '.join(unknown)}")
+    return values

@@ -68,7 +68,7 @@ import torch
 from torch import nn
 
 from .data import DomainData, UserSequence
-from .errors import ModelError, ValidationError
+from .errors import ModelError, ValidationError, refuse_unknown_fields
 from .metrics import per_user_metrics, sampled_ranks
 from .training import TrainingConfig, sample_negatives, select_users
 
@@ -149,10 +149,7 @@ class SASRecConfig:
     def from_dict(cls, values: dict[str, Any]) -> "SASRecConfig":
         if not isinstance(values, dict):
             raise ValidationError(f"a SASRec config is a JSON object, not {type(values).__name__}")
-        unknown = sorted(set(values) - set(cls.__dataclass_fields__))
-        if unknown:
-            raise ValidationError(f"unknown SASRec config field(s): {', '.join(unknown)}")
-        return cls(**values)
+        return cls(**refuse_unknown_fields(cls, values, "SASRec config"))
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)

@@ -26,7 +26,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence
 
@@ -35,7 +35,7 @@ from torch import Tensor, nn
 
 from .base_model import DEFAULT_POOLING, LORA_TARGETS, BaseModelInfo, load_base_model
 from .batching import to_device
-from .errors import ModelError, ValidationError
+from .errors import ModelError, ValidationError, refuse_unknown_fields
 from .item_prior import ItemPrior
 from .pooling import POOLINGS
 from .scoring_modes import require_catalogue_ranker, scoring_mode
@@ -103,10 +103,7 @@ class ScorerConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "ScorerConfig":
-        unknown = sorted(set(values) - {f.name for f in fields(cls)})
-        if unknown:
-            raise ValidationError(f"unknown scorer config field(s): {', '.join(unknown)}")
-        return cls(**values)
+        return cls(**refuse_unknown_fields(cls, values, "scorer config"))
 
 
 class Encoder(Protocol):

@@ -41,7 +41,7 @@ import torch
 
 from .batching import to_device
 from .data import DomainData, UserSequence
-from .errors import ValidationError, XregWarning
+from .errors import ValidationError, XregWarning, refuse_unknown_fields
 from .scorer import Scorer
 from .scoring import hit_and_ndcg_per_user, score_candidates
 from .templates import PromptTemplate
@@ -138,10 +138,7 @@ class TrainingConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "TrainingConfig":
-        unknown = sorted(set(values) - set(cls.__dataclass_fields__))
-        if unknown:
-            raise ValidationError(f"unknown training config field(s): {', '.join(unknown)}")
-        return cls(**values)
+        return cls(**refuse_unknown_fields(cls, values, "training config"))
 
 
 @dataclass(frozen=True)
