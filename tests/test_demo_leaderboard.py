@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from xcross_registry.demo import DemoSettings, run_demo
@@ -10,11 +12,15 @@ from xcross_registry.leaderboard import efficiency, leaderboard, plot, plot_effi
 
 @pytest.fixture
 def demo_registry(tmp_path, tiny_base_model, xreg_home):
-    settings = DemoSettings(users=100, items=60, epochs=1, base_model=str(tiny_base_model))
+    settings = DemoSettings(users=100, target_users=150, items=60, epochs=1,
+                            base_model=str(tiny_base_model))
     messages: list[str] = []
-    registry = run_demo(tmp_path / "demo", settings, say=messages.append)
+    result = run_demo(tmp_path / "demo", settings, say=messages.append)
     assert any("composing toys + sports -> tools" in m for m in messages)
-    return registry
+    assert [(c["first"], c["second"]) for c in result.comparisons] == [
+        ("tools-x", "tools@v1"), ("tools-x", "popularity:tools")]
+    assert {c["users"] for c in result.comparisons} == {90}  # 60% of the target's 150 users
+    return result.registry
 
 
 def test_demo_ends_with_one_comparable_board(demo_registry, tmp_path):
@@ -34,6 +40,42 @@ def test_demo_ends_with_one_comparable_board(demo_registry, tmp_path):
     assert hits == sorted(hits, reverse=True)
     png = plot(boards, tmp_path / "board.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_demo_command_prints_the_board_and_the_paired_differences(xreg, tiny_base, tmp_path):
+    home = tmp_path / "cli-demo"
+    result = xreg("demo", "--home", str(home), "--users", "60", "--target-users", "100",
+                  "--base-model", tiny_base)
+    assert result.exit_code == 0, result.stderr
+    out = result.stdout
+    board, paired = out.index("tools test split, 60 users (sampled)"), out.index(
+        "paired differences on the same 60 tools test users")
+    assert board < paired
+    header = next(line for line in out[board:].splitlines() if "subject" in line)
+    for column in ("kind", "mode", "prior", "fraction", "hit@1", "ndcg@10"):
+        assert column in header
+    rows = out[board:paired]
+    for subject in ("tools-x", "tools-merge", "tools@v1", "toys@v1:zero-shot",
+                    "sports@v1:zero-shot", "popularity:tools"):
+        assert subject in rows
+    lines = out[paired:].splitlines()
+    header = next(line for line in lines if line.count("┃") == 6)  # rich's heavy header rule
+    assert [cell.strip() for cell in header.split("┃")[1:-1]] == [
+        "first − second", "metric", "difference", "95% interval", "verdict"]
+    cells = [[cell.strip() for cell in line.split("│")[1:-1]] for line in lines
+             if line.count("│") == 6]
+    assert [row[:2] for row in cells] == [
+        ["tools-x − tools@v1", "hit@1"], ["tools-x − tools@v1", "ndcg@10"],
+        ["tools-x − popularity:tools", "hit@1"], ["tools-x − popularity:tools", "ndcg@10"]]
+    for _, _, difference, interval, verdict in cells:
+        low, high = (float(bound) for bound in interval.strip("[]").split(", "))
+        assert low <= float(difference) <= high
+        assert verdict == ("better" if low > 0 else "worse" if high < 0 else "no clear difference")
+    assert f"demo registry: XREG_HOME={home}" in out
+    as_json = xreg("demo", "--home", str(tmp_path / "json-demo"), "--users", "60",
+                   "--target-users", "100", "--base-model", tiny_base, "--json").json()
+    assert [c["second"] for c in as_json["comparisons"]] == ["tools@v1", "popularity:tools"]
+    assert {"difference", "low", "high"} <= set(as_json["comparisons"][0]["differences"]["ndcg@10"])
 
 
 def test_results_on_other_candidates_get_their_own_board(demo_registry):

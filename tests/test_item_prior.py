@@ -73,6 +73,25 @@ def fixed_batch(data: DomainData) -> tuple[list, list]:
 
 # -- the prior in the scorer ----------------------------------------------------------------
 
+def test_the_prior_weight_trains_at_its_own_rate(tiny_base):
+    """One scalar of order 1: at the head's rate Adam moves it by about that rate per
+    step, so it gets its own (``prior_lr``), and the head keeps ``head_lr``."""
+    def trained(**rates):
+        scorer = make_scorer(tiny_base, "dual")
+        head_before = [p.detach().clone() for p in scorer.head.parameters()]
+        config = training_config(epochs=1, lr=1e-3, **rates)
+        result = train_scorer(scorer, popular_next_data(), DEFAULT_TEMPLATE, config)
+        head_moved = max((p.detach() - q).abs().max().item()
+                         for p, q in zip(scorer.head.parameters(), head_before))
+        return abs(scorer.item_prior.weight.item()), head_moved, result.optimizer_steps
+
+    fast, head_fast, steps = trained(head_lr=1e-3, prior_lr=0.2)
+    slow, head_slow, _ = trained(head_lr=1e-3, prior_lr=1e-6)
+    assert fast > 2 * 1e-3 * steps  # further than the head's rate could have taken it
+    assert slow <= 2 * 1e-6 * steps
+    assert head_fast > 0 and head_slow > 0  # the head trains at its rate either way
+
+
 @pytest.mark.parametrize("mode", ["cross", "dual"])
 def test_a_fresh_prior_scores_exactly_as_no_prior(tiny_base, mode):
     data = own_items_data()

@@ -36,6 +36,19 @@ def test_deterministic_by_location():
     assert {len(seq.items) for seq in small.train} <= {3, 4}
 
 
+def test_split_shares_are_options_and_the_default_split_is_unchanged():
+    assert xreg_synthetic.load("toys?users=12").summary()["users"] == {"train": 8, "valid": 1, "test": 3}
+    wide = xreg_synthetic.load("tools?users=1000&test=0.6")
+    assert wide.summary()["users"] == {"train": 300, "valid": 100, "test": 600}
+    default = xreg_synthetic.load("tools?users=1000")
+    # the same users, in the same order, only split differently
+    assert [s.user for s in wide.train + wide.valid + wide.test] == \
+        [s.user for s in default.train + default.valid + default.test]
+    assert wide.train == default.train[:300]
+    assert xreg_synthetic.load("tools?users=100&valid=0&test=0.5").summary()["users"] == {
+        "train": 50, "valid": 0, "test": 50}
+
+
 def test_domains_have_their_own_nouns_and_shared_attributes():
     toys, tools = xreg_synthetic.load("toys"), xreg_synthetic.load("tools")
     assert not {i.fields["kind"] for i in toys.items} & {i.fields["kind"] for i in tools.items}
@@ -72,6 +85,8 @@ def test_history_predicts_the_target(domain):
     ("toys?size=3", "unknown option 'size'"),
     ("toys?seed=1&seed=1", "given twice"),
     ("toys?seed", "options must look like"),
+    ("toys?test=1.5", "option test must be a fraction in"),
+    ("toys?valid=0.3&test=0.7", "valid \\+ test must leave at least 10% of users to train on"),
 ])
 def test_bad_locations(location, message):
     with pytest.raises(DataError, match=message):

@@ -176,6 +176,8 @@ TRAINING_OPTIONS: dict[str, tuple[Any, Any]] = {
     "lr": (float, typer.Option(1e-4, "--lr", help="Learning rate of the trained weights (LoRA, "
                                                    "or a composition's integrators).")),
     "head_lr": (float, typer.Option(1e-2, "--head-lr", help="Learning rate of the scorer head.")),
+    "prior_lr": (float, typer.Option(0.1, "--prior-lr", help="Learning rate of the popularity "
+                                      "prior's weight (with --popularity-prior).")),
     "batch_size": (int, typer.Option(16, "--batch-size", min=1,
                                      help="Training examples per optimiser step.")),
     "negatives": (int, typer.Option(15, "--negatives", min=1,
@@ -679,7 +681,12 @@ def _board_title(board) -> str:
 def demo(
     home: Optional[str] = typer.Option(None, "--home", help="Folder for the demo registry "
                                        "(default: $XREG_HOME/demo-N, a new one each run)."),
-    users: int = typer.Option(500, "--users", min=50, help="Users per synthetic domain."),
+    users: int = typer.Option(500, "--users", min=50, help="Users per synthetic source domain."),
+    target_users: int = typer.Option(1000, "--target-users", min=50,
+                                     help="Users of the synthetic target domain (60% of "
+                                     "them test users)."),
+    base_model: Optional[str] = typer.Option(None, "--base-model", help="Transformers model name "
+                                             "or path (default: the bundled all-MiniLM-L6-v2)."),
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Run the whole story offline: synthetic domains, source adapters, X-Cross, baselines."""
@@ -688,12 +695,19 @@ def demo(
 
     folder = demo_home(home)
     say = (lambda message: None) if as_json else (lambda message: print(message, file=sys.stderr))
-    boards = boards_module.leaderboard(run_demo(folder, DemoSettings(users=users), say=say), TARGET)
+    settings = DemoSettings(users=users, target_users=target_users, base_model=base_model)
+    result = run_demo(folder, settings, say=say)
+    boards = boards_module.leaderboard(result.registry, TARGET)
     if as_json:
-        _emit_json({"home": str(folder), "leaderboard": [b.as_dict() for b in boards]})
+        _emit_json({"home": str(folder), "leaderboard": [b.as_dict() for b in boards],
+                    "comparisons": result.comparisons})
         return
     for board in boards:
         _print_board(board, f"{TARGET} test split, {board.rows[0]['users']} users ({board.protocol})")
+    _table(f"paired differences on the same {result.comparisons[0]['users']} {TARGET} test users",
+           ["first − second", "metric", "difference", "95% interval", "verdict"],
+           [[f"{c['first']} − {c['second']}", *row] for c in result.comparisons
+            for row in _difference_rows(c, ("hit@1", "ndcg@10"))])
     print(f"demo registry: XREG_HOME={folder}")
 
 
@@ -714,10 +728,14 @@ def compare(
         return
     _table(f"{first} − {second} on {domain} ({protocol}, {document['users']} users, paired)",
            ["metric", "difference", "95% interval", "verdict"],
-           [[name, f"{d['difference']:+.4f}", f"[{d['low']:+.4f}, {d['high']:+.4f}]",
+           _difference_rows(document, SHOWN_METRICS))
+
+
+def _difference_rows(document: dict, metrics) -> list[list[str]]:
+    """One row per metric of a paired comparison: difference, interval, verdict."""
+    return [[name, f"{d['difference']:+.4f}", f"[{d['low']:+.4f}, {d['high']:+.4f}]",
              "better" if d["low"] > 0 else "worse" if d["high"] < 0 else "no clear difference"]
-            for name, d in document["differences"].items()
-            if name in SHOWN_METRICS])
+            for name, d in document["differences"].items() if name in metrics]
 
 
 @app.command()

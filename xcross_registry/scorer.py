@@ -304,8 +304,8 @@ class Scorer(nn.Module):
 
     def output_parameters(self) -> list[nn.Parameter]:
         """The trainable parameters that start from nothing and must move fast: the
-        head's and the popularity prior's weight.  Training gives them ``head_lr`` and no
-        weight decay; a composition counts them as its head."""
+        head's and the popularity prior's weight.  Training gives them no weight decay,
+        ``head_lr`` and the prior's ``prior_lr``; a composition counts them as its head."""
         parts = [self.head] + ([self.item_prior] if self.item_prior is not None else [])
         return [p for part in parts for p in part.parameters() if p.requires_grad]
 

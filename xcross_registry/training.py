@@ -55,10 +55,13 @@ class TrainingConfig:
 
     ``batch_size`` counts examples (one history with its 1+N candidates).
     ``lr`` is the LoRA weights' rate and ``head_lr`` (``None``: the same) the head's
-    and the popularity prior's weight (:meth:`Scorer.output_parameters`):
-    the head starts from nothing and must move fast, while LoRA perturbs a pretrained
-    model.  On Amazon Toys with MiniLM, one shared rate of 3e-4 made the dual scorer
-    worse than zero-shot within a few thousand examples, while LoRA at 3e-4 with the
+    (:meth:`Scorer.output_parameters`): the head starts from nothing and must move
+    fast, while LoRA perturbs a pretrained model.  ``prior_lr`` is the popularity
+    prior's weight's: one scalar whose useful values are of order 1, which Adam moves
+    by about its rate per step, so at the head's 1e-2 it could not pass 0.6 in the 58
+    steps of a 6-minute Tools run (issue 11; the learned weight was still climbing).
+    On Amazon Toys with MiniLM, one shared rate of 3e-4 made the dual scorer worse than
+    zero-shot within a few thousand examples, while LoRA at 3e-4 with the
     head at 1e-2 is the recipe that beats the head-only model (docs/RESULTS.md).
     ``fraction`` keeps that share of the training users (the target-data budget of
     an X-Cross experiment), ``max_users`` then caps their number; both pick users
@@ -92,6 +95,7 @@ class TrainingConfig:
     epochs: int = 2
     lr: float = 1e-4
     head_lr: float | None = 1e-2
+    prior_lr: float = 0.1
     batch_size: int = 16
     negatives: int = 15
     max_users: int | None = None
@@ -124,8 +128,10 @@ class TrainingConfig:
             raise ValidationError(f"max_users must be a positive integer or None, not {self.max_users!r}")
         if not 0.0 < self.fraction <= 1.0:
             raise ValidationError(f"fraction must be in (0, 1], not {self.fraction!r}")
-        if not self.lr > 0 or (self.head_lr is not None and not self.head_lr > 0):
-            raise ValidationError(f"learning rates must be positive, not {self.lr!r} / {self.head_lr!r}")
+        if not self.lr > 0 or (self.head_lr is not None and not self.head_lr > 0) \
+                or not self.prior_lr > 0:
+            raise ValidationError("learning rates must be positive, not "
+                                  f"{self.lr!r} / {self.head_lr!r} / {self.prior_lr!r}")
         if not 0.0 <= self.warmup_ratio < 1.0:
             raise ValidationError(f"warmup_ratio must be in [0, 1), not {self.warmup_ratio!r}")
         if self.max_minutes is not None and not self.max_minutes > 0:
@@ -366,11 +372,14 @@ def train_scorer(scorer: Scorer, data: DomainData, template: PromptTemplate, con
     share = config.share_negatives if config.share_negatives is not None else scorer.mode.shares_negatives
 
     params = [p for p in scorer.parameters() if p.requires_grad]
-    head = scorer.output_parameters()
-    head_ids = {id(p) for p in head}
-    groups = [{"params": [p for p in params if id(p) not in head_ids], "lr": config.lr},
+    prior = [p for p in scorer.item_prior.parameters() if p.requires_grad] \
+        if scorer.item_prior is not None else []
+    head = [p for p in scorer.output_parameters() if all(p is not q for q in prior)]
+    fast_ids = {id(p) for p in head + prior}
+    groups = [{"params": [p for p in params if id(p) not in fast_ids], "lr": config.lr},
               {"params": head, "lr": config.head_lr or config.lr,
-               "weight_decay": 0.0}]  # scale, priors (the head's, the popularity prior's), biases
+               "weight_decay": 0.0},  # scale, the head's own prior, biases
+              {"params": prior, "lr": config.prior_lr, "weight_decay": 0.0}]
     optimizer = torch.optim.AdamW([g for g in groups if g["params"]], weight_decay=config.weight_decay)
     model, optimizer = accelerator.prepare(scorer, optimizer)
     examples_per_epoch = _count_examples(users, config)

@@ -11,7 +11,7 @@ theme and brand tier is the one") is exactly what it needs in a target domain.
 
 Location string: ``DOMAIN[?key=value&...]`` with DOMAIN one of toys, sports, tools,
 kitchen, garden, office; e.g. ``toys`` or ``tools?seed=3&users=800&items=300``.
-Options (all integers):
+Options (integers, the two shares fractions):
 
 ==========  =======  ===================================================
 ``seed``    0        same seed → same users with the same tastes in every
@@ -21,6 +21,11 @@ Options (all integers):
 ``items``   300      catalogue size (at least 60; users × items ≤ 20M)
 ``min_len`` 5        shortest sequence
 ``max_len`` 10       longest sequence (at most a third of ``items``)
+``valid``   0.1      share of the users held out for validation
+``test``    0.2      share of the users held out for testing (the last
+                     ones); e.g. ``test=0.6`` makes a domain with few
+                     training users and a test split large enough to
+                     separate models (the demo's target)
 ==========  =======  ===================================================
 
 Everything is deterministic given the location string.  Bad domains or options raise
@@ -35,7 +40,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from xcross_registry import DataError, DomainData, DomainType, Item, PromptTemplate, UserSequence, hookimpl
-from xcross_registry.plugin_helpers import non_negative_int, parse_location
+from xcross_registry.plugin_helpers import fraction, non_negative_int, parse_location
 
 NOUNS: dict[str, tuple[str, ...]] = {
     "toys": ("Kite", "Robot", "Puzzle", "Yo-Yo", "Train Set", "Doll", "Race Car", "Building Blocks",
@@ -73,9 +78,10 @@ THEMES = ("Space", "Ocean", "Jungle", "Arctic", "Retro", "Neon", "Safari", "Dino
 
 PREFERENCE_STRENGTH = 2.5  # log-odds bonus per matching attribute (tier, colour, theme)
 NOISE = 0.15  # share of a user's choices made by popularity alone
-SPLIT_FRACTIONS = (0.7, 0.1, 0.2)  # train, valid, test, in user order
 MAX_CELLS = 20_000_000  # users × items
-OPTION_NAMES = ("seed", "users", "items", "min_len", "max_len")
+OPTIONS = {"seed": non_negative_int, "users": non_negative_int, "items": non_negative_int,
+           "min_len": non_negative_int, "max_len": non_negative_int, "valid": fraction,
+           "test": fraction}
 
 TEMPLATE = PromptTemplate(
     name="synthetic",
@@ -97,11 +103,12 @@ class Options:
     items: int = 300
     min_len: int = 5
     max_len: int = 10
+    valid: float = 0.1  # shares of the users, in user order: train, then valid, then test
+    test: float = 0.2
 
     @classmethod
     def parse(cls, location: str) -> "Options":
-        parsed = parse_location(location.strip(), {name: non_negative_int for name in OPTION_NAMES},
-                                is_path=False)
+        parsed = parse_location(location.strip(), OPTIONS, is_path=False)
         domain = parsed.path.lower()
         if domain not in NOUNS:
             raise DataError(f"{location}: unknown synthetic domain {domain!r} "
@@ -124,6 +131,8 @@ class Options:
             return f"need 2 <= min_len <= max_len, got {self.min_len} and {self.max_len}"
         if self.max_len > self.items // 3:
             return f"max_len must be at most items/3 = {self.items // 3}, got {self.max_len}"
+        if self.valid + self.test > 0.9:
+            return f"valid + test must leave at least 10% of users to train on, got {self.valid} + {self.test}"
         return None
 
 
@@ -184,8 +193,10 @@ def generate(options: Options) -> DomainData:
     sequences = [UserSequence(user=f"u{u:05d}", items=tuple(int(i) for i in ranked[u, :lengths[u]]))
                  for u in range(options.users)]
 
-    n_train = round(options.users * SPLIT_FRACTIONS[0])
-    n_valid = round(options.users * SPLIT_FRACTIONS[1])
+    # the train share rounded to 6 places is exactly 0.7 for the defaults, so default
+    # domains keep the sizes (and fingerprints) they had before the shares were options
+    n_train = round(options.users * round(1 - options.valid - options.test, 6))
+    n_valid = round(options.users * options.valid)
     return DomainData(items=items, train=sequences[:n_train],
                       valid=sequences[n_train:n_train + n_valid],
                       test=sequences[n_train + n_valid:])
