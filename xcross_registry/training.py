@@ -374,8 +374,9 @@ def train_scorer(scorer: Scorer, data: DomainData, template: PromptTemplate, con
     params = [p for p in scorer.parameters() if p.requires_grad]
     prior = [p for p in scorer.item_prior.parameters() if p.requires_grad] \
         if scorer.item_prior is not None else []
-    head = [p for p in scorer.output_parameters() if all(p is not q for q in prior)]
-    fast_ids = {id(p) for p in head + prior}
+    prior_ids = {id(p) for p in prior}
+    head = [p for p in scorer.output_parameters() if id(p) not in prior_ids]
+    fast_ids = prior_ids | {id(p) for p in head}
     groups = [{"params": [p for p in params if id(p) not in fast_ids], "lr": config.lr},
               {"params": head, "lr": config.head_lr or config.lr,
                "weight_decay": 0.0},  # scale, the head's own prior, biases
