@@ -78,6 +78,26 @@ def test_demo_command_prints_the_board_and_the_paired_differences(xreg, tiny_bas
     assert {"difference", "low", "high"} <= set(as_json["comparisons"][0]["differences"]["ndcg@10"])
 
 
+def test_demo_trains_with_its_documented_rates_and_seed(xreg, tiny_base, tmp_path):
+    from xcross_registry.records import TrainingRecord
+    from xcross_registry.registry import Registry
+
+    home = tmp_path / "seeded-demo"
+    result = xreg("demo", "--home", str(home), "--users", "60", "--target-users", "100",
+                  "--base-model", tiny_base, "--seed", "1", "--json")
+    assert result.exit_code == 0, result.stderr
+    registry = Registry(url=f"sqlite:///{home / 'registry.db'}", artifacts=home / "artifacts")
+    assert all("seed=1&" in domain.data_location for domain in registry.domains())
+    settings = DemoSettings()
+    trained = {"toys@v1": registry.adapter("toys@v1"), "tools@v1": registry.adapter("tools@v1"),
+               "tools-x": registry.composition("tools-x")}
+    records = {name: TrainingRecord.of(row) for name, row in trained.items()}
+    assert {name: record.training["lr"] for name, record in records.items()} == {
+        "toys@v1": settings.lora_lr, "tools@v1": settings.lora_lr, "tools-x": settings.integrator_lr}
+    assert {record.seed for record in records.values()} == {1}
+    assert records["tools-x"].fraction == records["tools@v1"].fraction == settings.fraction
+
+
 def test_results_on_other_candidates_get_their_own_board(demo_registry):
     from xcross_registry.evaluation import evaluate_popularity
 

@@ -687,6 +687,8 @@ def demo(
                                      "them test users)."),
     base_model: Optional[str] = typer.Option(None, "--base-model", help="Transformers model name "
                                              "or path (default: the bundled all-MiniLM-L6-v2)."),
+    seed: int = typer.Option(0, "--seed", min=0, help="Seed of the synthetic world (users, "
+                             "tastes, catalogues) and of training; docs/RESULTS.md reports 0, 1 and 2."),
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Run the whole story offline: synthetic domains, source adapters, X-Cross, baselines."""
@@ -695,7 +697,7 @@ def demo(
 
     folder = demo_home(home)
     say = (lambda message: None) if as_json else (lambda message: print(message, file=sys.stderr))
-    settings = DemoSettings(users=users, target_users=target_users, base_model=base_model)
+    settings = DemoSettings(users=users, target_users=target_users, base_model=base_model, seed=seed)
     result = run_demo(folder, settings, say=say)
     boards = boards_module.leaderboard(result.registry, TARGET)
     if as_json:
