@@ -134,6 +134,30 @@ def test_early_stop_after_patience_epochs_without_improvement(tiny_base):
     assert record["examples_seen"] == 3 * 24 and record["planned_examples"] == 5 * 24
 
 
+def test_max_steps_replaces_epochs_and_ends_the_run_as_planned(tiny_base):
+    # 3 steps an epoch: 4 steps are one epoch and the first batch of a second, validated too.
+    result = train_scorer(make_scorer(tiny_base), colour_data(), DEFAULT_TEMPLATE,
+                          config(epochs=1, max_steps=4))
+    record = result.run_record()
+    assert record["stop_reason"] == "completed" and not result.stopped
+    assert (record["optimizer_steps"], record["planned_steps"], record["epochs_completed"]) == (4, 4, 1)
+    assert (record["examples_seen"], record["planned_examples"]) == (32, 32)
+    assert [epoch.validated_users for epoch in result.epochs] == [8, 8]
+
+
+def test_max_steps_of_one_epoch_trains_exactly_that_epoch(tiny_base):
+    # Same steps, same schedule (decaying to zero at step 3), same seed: the same weights,
+    # however many epochs max_steps replaced.
+    by_epochs, by_steps = make_scorer(tiny_base, "dual"), make_scorer(tiny_base, "dual")
+    train_scorer(by_epochs, colour_data(), DEFAULT_TEMPLATE, config(epochs=1, valid_users=0))
+    train_scorer(by_steps, colour_data(), DEFAULT_TEMPLATE, config(epochs=5, max_steps=3, valid_users=0))
+    first, second = by_epochs.trainable_state(), by_steps.trainable_state()
+    assert first.keys() == second.keys()
+    assert all(torch.equal(first[name], second[name]) for name in first)
+    untrained = make_scorer(tiny_base, "dual").trainable_state()
+    assert any(not torch.equal(first[name], untrained[name]) for name in first)
+
+
 def test_deadline_comes_from_max_minutes():
     clock = FakeClock()
     deadline = Deadline.after_minutes(0.5, clock)
@@ -162,6 +186,15 @@ def test_adapter_and_composition_records_through_the_cli(xreg, synthetic_domains
     run = done.json()["training_config"]["run"]
     assert set(run) == RUN_KEYS and run["stop_reason"] == "completed"
     assert (run["examples_seen"], run["optimizer_steps"], run["epochs_completed"]) == (32, 8, 2)
+
+    stepped = xreg("train-adapter", "toys", "--base-model", tiny_base, *TRAIN, "--max-steps", "5", "--json")
+    assert stepped.exit_code == 0, stepped.stderr
+    document = stepped.json()["training_config"]
+    assert document["training"]["max_steps"] == 5
+    assert (document["run"]["optimizer_steps"], document["run"]["planned_steps"]) == (5, 5)
+    refused = xreg("train-adapter", "toys", "--base-model", tiny_base, *TRAIN, "--max-steps", "0")
+    assert refused.exit_code != 0 and "--max-steps" in refused.stderr
+    assert len(xreg("show", "toys", "--json").json()["adapters"]) == 2  # the refused run added nothing
 
     capped = xreg("train-adapter", "tools", "--base-model", tiny_base, *TRAIN, "--max-minutes", "5", "--json")
     assert capped.exit_code == 0, capped.stderr

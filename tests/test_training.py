@@ -179,7 +179,7 @@ def test_user_selection():
 
 @pytest.mark.parametrize("settings", [{"epochs": 0}, {"fraction": 0.0}, {"fraction": 1.5}, {"lr": 0},
                                       {"device": "tpu"}, {"max_users": 0}, {"prefixes_per_user": -1},
-                                      {"head_lr": 0.0}])
+                                      {"head_lr": 0.0}, {"max_steps": 0}, {"max_steps": 2.5}])
 def test_bad_training_config_is_validation_error(settings):
     with pytest.raises(ValidationError):
         config(**settings)

@@ -193,6 +193,10 @@ TRAINING_OPTIONS: dict[str, tuple[Any, Any]] = {
         None, "--max-minutes", help="Wall-clock cap on the whole command (model loading, "
         "training, validation, saving; compose then skips its evaluation); the best validated "
         "epoch is kept and the run is recorded as time-cap.")),
+    "max_steps": (Optional[int], typer.Option(
+        None, "--max-steps", min=1, help="Train exactly this many optimiser steps, replacing "
+        "--epochs (the schedule decays to zero at the last; the same model on a busy machine "
+        "as on a quiet one, unlike --max-minutes).")),
     "prefixes_per_user": (int, typer.Option(0, "--prefixes-per-user", min=0, help="Training "
                                             "examples per user and epoch (0: every prefix).")),
     "bf16": (bool, typer.Option(False, "--bf16", help="bf16 autocast where the hardware has bf16 "

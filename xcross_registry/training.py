@@ -87,6 +87,10 @@ class TrainingConfig:
     after the step that crosses it, validation stops there too and records how many
     users it scored, and the best validated epoch is kept (the schedule is still
     planned in steps, so a run that is not stopped stays reproducible).
+    ``max_steps``, when set, replaces ``epochs`` (as in transformers' Trainer): the run
+    plans exactly that many optimiser steps, its learning-rate schedule decays to zero at
+    the last of them, and it ends there as "completed", validating the epoch it ends in.
+    Unlike ``max_minutes`` it gives the same model on a busy machine as on a quiet one.
     ``bf16`` trains under bfloat16 autocast where the hardware has bf16 arithmetic
     (CUDA that supports it; CPUs with AVX512-BF16 or AMX); elsewhere it warns and
     trains in float32, because emulated bf16 is many times slower than float32.
@@ -113,6 +117,7 @@ class TrainingConfig:
     bf16: bool = False
     device: str = "auto"
     max_minutes: float | None = None
+    max_steps: int | None = None
     patience: int = 0
 
     def __post_init__(self) -> None:
@@ -124,8 +129,10 @@ class TrainingConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ValidationError(f"{name} must be a non-negative integer, not {value!r}")
-        if self.max_users is not None and (not isinstance(self.max_users, int) or self.max_users < 1):
-            raise ValidationError(f"max_users must be a positive integer or None, not {self.max_users!r}")
+        for name in ("max_users", "max_steps"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+                raise ValidationError(f"{name} must be a positive integer or None, not {value!r}")
         if not 0.0 < self.fraction <= 1.0:
             raise ValidationError(f"fraction must be in (0, 1], not {self.fraction!r}")
         if not self.lr > 0 or (self.head_lr is not None and not self.head_lr > 0) \
@@ -385,7 +392,14 @@ def train_scorer(scorer: Scorer, data: DomainData, template: PromptTemplate, con
     model, optimizer = accelerator.prepare(scorer, optimizer)
     examples_per_epoch = _count_examples(users, config)
     steps_per_epoch = math.ceil(examples_per_epoch / config.batch_size)
-    total_steps = steps_per_epoch * config.epochs
+    if config.max_steps is None:
+        epochs, total_steps = config.epochs, steps_per_epoch * config.epochs
+        planned_examples = examples_per_epoch * config.epochs
+    else:
+        epochs, total_steps = math.ceil(config.max_steps / steps_per_epoch), config.max_steps
+        whole, extra_steps = divmod(config.max_steps, steps_per_epoch)
+        planned_examples = whole * examples_per_epoch + min(extra_steps * config.batch_size,
+                                                            examples_per_epoch)
     warmup = int(config.warmup_ratio * total_steps)
 
     def schedule(step: int) -> float:
@@ -394,7 +408,7 @@ def train_scorer(scorer: Scorer, data: DomainData, template: PromptTemplate, con
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
 
-    result = TrainingResult(train_users=len(users), planned_examples=examples_per_epoch * config.epochs,
+    result = TrainingResult(train_users=len(users), planned_examples=planned_examples,
                             planned_steps=total_steps, processes=processes,
                             precision="bfloat16" if bf16 else "float32",
                             valid_users=len(valid[2]) if valid is not None else 0)
@@ -406,9 +420,10 @@ def train_scorer(scorer: Scorer, data: DomainData, template: PromptTemplate, con
     def time_up() -> bool:
         return deadline is not None and deadline.expired()
 
-    for epoch in range(1, config.epochs + 1):
+    for epoch in range(1, epochs + 1):
         examples = _epoch_examples(users, config, order_rng)
-        batches = [examples[i:i + config.batch_size] for i in range(0, len(examples), config.batch_size)]
+        epoch_batches = [examples[i:i + config.batch_size] for i in range(0, len(examples), config.batch_size)]
+        batches = epoch_batches[:total_steps - result.optimizer_steps]  # max_steps may end it early
         model.train()
         epoch_start, loss_sum, own_examples, epoch_examples = time.perf_counter(), 0.0, 0, 0
         for step, batch in enumerate(batches, 1):
@@ -437,7 +452,7 @@ def train_scorer(scorer: Scorer, data: DomainData, template: PromptTemplate, con
             rate = (result.examples_seen + epoch_examples) / elapsed if elapsed > 0 else 0.0
             if progress is not None and accelerator.is_main_process:
                 eta = elapsed / result.optimizer_steps * (total_steps - result.optimizer_steps)
-                progress(TrainingProgress("train", epoch, config.epochs, step, len(batches),
+                progress(TrainingProgress("train", epoch, epochs, step, len(batches),
                                           loss_sum / max(own_examples, 1), rate, eta))
             reason = "time-cap" if time_up() else \
                 "interrupted" if should_stop is not None and should_stop() else None
@@ -446,7 +461,8 @@ def train_scorer(scorer: Scorer, data: DomainData, template: PromptTemplate, con
                 result.stop_reason = reason
                 break
         else:
-            result.epochs_completed += 1
+            if len(batches) == len(epoch_batches):
+                result.epochs_completed += 1
         seconds = time.perf_counter() - epoch_start
         train_seconds += seconds
         result.examples_seen += epoch_examples
@@ -471,7 +487,7 @@ def train_scorer(scorer: Scorer, data: DomainData, template: PromptTemplate, con
         result.epochs.append(stats)
         if progress is not None and accelerator.is_main_process:
             eta = train_seconds / max(result.optimizer_steps, 1) * (total_steps - result.optimizer_steps)
-            progress(TrainingProgress("valid", epoch, config.epochs, len(batches), len(batches),
+            progress(TrainingProgress("valid", epoch, epochs, len(batches), len(batches),
                                       stats.loss, stats.sequences_per_second, eta, metrics))
         if _improves(per_user, best_per_user, validating=valid is not None):
             best_state = scorer.trainable_state()
@@ -482,7 +498,7 @@ def train_scorer(scorer: Scorer, data: DomainData, template: PromptTemplate, con
             since_best += 1
         if result.stopped:
             break
-        if config.patience and since_best >= config.patience and epoch < config.epochs:
+        if config.patience and since_best >= config.patience and epoch < epochs:
             result.stop_reason = "early-stop"
             break
 
