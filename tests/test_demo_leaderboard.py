@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import re
-
 import pytest
 
 from xcross_registry.demo import DemoSettings, run_demo
@@ -72,13 +70,9 @@ def test_demo_command_prints_the_board_and_the_paired_differences(xreg, tiny_bas
         assert low <= float(difference) <= high
         assert verdict == ("better" if low > 0 else "worse" if high < 0 else "no clear difference")
     assert f"demo registry: XREG_HOME={home}" in out
-    as_json = xreg("demo", "--home", str(tmp_path / "json-demo"), "--users", "60",
-                   "--target-users", "100", "--base-model", tiny_base, "--json").json()
-    assert [c["second"] for c in as_json["comparisons"]] == ["tools@v1", "popularity:tools"]
-    assert {"difference", "low", "high"} <= set(as_json["comparisons"][0]["differences"]["ndcg@10"])
 
 
-def test_demo_trains_with_its_documented_rates_and_seed(xreg, tiny_base, tmp_path):
+def test_demo_json_and_its_documented_rates_and_seed(xreg, tiny_base, tmp_path):
     from xcross_registry.records import TrainingRecord
     from xcross_registry.registry import Registry
 
@@ -86,6 +80,9 @@ def test_demo_trains_with_its_documented_rates_and_seed(xreg, tiny_base, tmp_pat
     result = xreg("demo", "--home", str(home), "--users", "60", "--target-users", "100",
                   "--base-model", tiny_base, "--seed", "1", "--json")
     assert result.exit_code == 0, result.stderr
+    as_json = result.json()
+    assert [c["second"] for c in as_json["comparisons"]] == ["tools@v1", "popularity:tools"]
+    assert {"difference", "low", "high"} <= set(as_json["comparisons"][0]["differences"]["ndcg@10"])
     registry = Registry(url=f"sqlite:///{home / 'registry.db'}", artifacts=home / "artifacts")
     assert all("seed=1&" in domain.data_location for domain in registry.domains())
     settings = DemoSettings()

@@ -302,12 +302,20 @@ class Scorer(nn.Module):
         self.require_catalogue_ranking("score_embeddings")
         return self.mode.score_embeddings(self, queries, documents)
 
+    def head_parameters(self) -> list[nn.Parameter]:
+        """The head's trainable parameters (training gives them ``head_lr``)."""
+        return [p for p in self.head.parameters() if p.requires_grad]
+
+    def prior_parameters(self) -> list[nn.Parameter]:
+        """The popularity prior's trainable weight, if any (training gives it ``prior_lr``)."""
+        return [p for p in self.item_prior.parameters() if p.requires_grad] \
+            if self.item_prior is not None else []
+
     def output_parameters(self) -> list[nn.Parameter]:
         """The trainable parameters that start from nothing and must move fast: the
-        head's and the popularity prior's weight.  Training gives them no weight decay,
-        ``head_lr`` and the prior's ``prior_lr``; a composition counts them as its head."""
-        parts = [self.head] + ([self.item_prior] if self.item_prior is not None else [])
-        return [p for part in parts for p in part.parameters() if p.requires_grad]
+        head's and the popularity prior's weight.  Training gives them no weight decay;
+        a composition counts them as its head."""
+        return self.head_parameters() + self.prior_parameters()
 
     # -- files -------------------------------------------------------------------------
 

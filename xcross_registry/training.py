@@ -379,27 +379,19 @@ def train_scorer(scorer: Scorer, data: DomainData, template: PromptTemplate, con
     share = config.share_negatives if config.share_negatives is not None else scorer.mode.shares_negatives
 
     params = [p for p in scorer.parameters() if p.requires_grad]
-    prior = [p for p in scorer.item_prior.parameters() if p.requires_grad] \
-        if scorer.item_prior is not None else []
-    prior_ids = {id(p) for p in prior}
-    head = [p for p in scorer.output_parameters() if id(p) not in prior_ids]
-    fast_ids = prior_ids | {id(p) for p in head}
+    fast_ids = {id(p) for p in scorer.output_parameters()}
     groups = [{"params": [p for p in params if id(p) not in fast_ids], "lr": config.lr},
-              {"params": head, "lr": config.head_lr or config.lr,
+              {"params": scorer.head_parameters(), "lr": config.head_lr or config.lr,
                "weight_decay": 0.0},  # scale, the head's own prior, biases
-              {"params": prior, "lr": config.prior_lr, "weight_decay": 0.0}]
+              {"params": scorer.prior_parameters(), "lr": config.prior_lr, "weight_decay": 0.0}]
     optimizer = torch.optim.AdamW([g for g in groups if g["params"]], weight_decay=config.weight_decay)
     model, optimizer = accelerator.prepare(scorer, optimizer)
     examples_per_epoch = _count_examples(users, config)
     steps_per_epoch = math.ceil(examples_per_epoch / config.batch_size)
-    if config.max_steps is None:
-        epochs, total_steps = config.epochs, steps_per_epoch * config.epochs
-        planned_examples = examples_per_epoch * config.epochs
-    else:
-        epochs, total_steps = math.ceil(config.max_steps / steps_per_epoch), config.max_steps
-        whole, extra_steps = divmod(config.max_steps, steps_per_epoch)
-        planned_examples = whole * examples_per_epoch + min(extra_steps * config.batch_size,
-                                                            examples_per_epoch)
+    total_steps = config.max_steps or steps_per_epoch * config.epochs
+    epochs = math.ceil(total_steps / steps_per_epoch)
+    whole_epochs, extra_steps = divmod(total_steps, steps_per_epoch)  # every batch but an epoch's last is full
+    planned_examples = whole_epochs * examples_per_epoch + extra_steps * config.batch_size
     warmup = int(config.warmup_ratio * total_steps)
 
     def schedule(step: int) -> float:
