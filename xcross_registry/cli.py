@@ -484,15 +484,23 @@ def compose(
     sources: str = typer.Option(..., "--sources", help="Comma-separated source adapters (DOMAIN or DOMAIN@vN)."),
     target: str = typer.Option(..., "--target", help="Target domain."),
     name: Optional[str] = typer.Option(None, "--name", help="Composition name (default TARGET-x)."),
-    method: str = typer.Option("xcross", "--method", help="xcross, linear-merge (baseline), or one a "
-                               "plugin registered (composition_methods.COMPOSITION_METHODS)."),
+    method: str = typer.Option("xcross", "--method", help="xcross; the baselines linear-merge, ties, "
+                               "dare-linear, dare-ties, svd, learned-merge, lorahub; or one a plugin "
+                               "registered (composition_methods.COMPOSITION_METHODS)."),
     mode: Optional[str] = typer.Option(None, "--mode", help="Scoring mode (default: the sources')."),
     popularity_prior: bool = POPULARITY_PRIOR,
-    beta: float = typer.Option(1.0, "--beta", help="Scale of the term that takes the other "
-                               "streams' states."),
-    gamma: float = typer.Option(1.0, "--gamma", help="Scale of the term that moves a stream "
-                                "away from the others' states."),
-    pooled: bool = typer.Option(False, "--pooled", help="Integration scalars per sequence, not per token."),
+    settings: list[str] = typer.Option([], "--set", metavar="KEY=VALUE", help="A setting of the "
+                                       "method (repeatable; VALUE as JSON, else text), e.g. "
+                                       "--set density=0.3 for ties, --set per_layer=true for "
+                                       "learned-merge, --set budget=40 for lorahub."),
+    beta: Optional[float] = typer.Option(None, "--beta", help="X-Cross: scale of the term that takes "
+                                         "the other streams' states (default 1)."),
+    gamma: Optional[float] = typer.Option(None, "--gamma", help="X-Cross: scale of the term that "
+                                          "moves a stream away from the others' states (default 1)."),
+    pooled: bool = typer.Option(False, "--pooled", help="X-Cross: integration scalars per sequence, "
+                                "not per token."),
+    init: Optional[str] = typer.Option(None, "--init", help="X-Cross: start from the sources' "
+                                       "'streams' (default) or from their layer-wise 'mix'."),
     evaluate_after: bool = typer.Option(True, "--evaluate/--no-evaluate",
                                         help="Evaluate on the target test split afterwards."),
     template: Optional[str] = TEMPLATE,
@@ -500,15 +508,16 @@ def compose(
 ) -> None:
     """Train a composition (X-Cross by default) of source adapters for a target domain."""
     from . import composer
-    from .xcross import XCrossConfig
 
+    given = _method_settings(settings, beta=beta, gamma=gamma, per_token=False if pooled else None,
+                             init=init)
     registry = _registry()
     with _training_run(training, as_json) as (config, progress, deadline):
         row = composer.compose(registry, [s for s in sources.split(",") if s.strip()], target,
                                name=name, method=method, mode=mode,
                                popularity_prior=popularity_prior, training_config=config,
-                               settings=XCrossConfig(beta=beta, gamma=gamma, per_token=not pooled),
-                               template=template, progress=progress, deadline=deadline)
+                               settings=given or None, template=template, progress=progress,
+                               deadline=deadline)
     if not _is_main_process():
         return
     document = composer.as_dict(row)
@@ -519,6 +528,26 @@ def compose(
         _emit_json(document)
     else:
         _print_composition(document)
+
+
+def _method_settings(pairs: list[str], **named: Any) -> dict[str, Any]:
+    """A composition method's settings from ``--set KEY=VALUE`` pairs (VALUE parsed as
+    JSON when it is JSON, else kept as text) and the named flags that were given."""
+    given: dict[str, Any] = {}
+    for pair in pairs:
+        key, equals, text = pair.partition("=")
+        if not equals or not key.strip():
+            raise ValidationError(f"--set needs KEY=VALUE, got {pair!r}")
+        try:
+            given[key.strip()] = json.loads(text)
+        except ValueError:
+            given[key.strip()] = text
+    for key, value in named.items():
+        if value is not None:
+            if key in given:
+                raise ValidationError(f"setting {key!r} given twice (--set and its own flag)")
+            given[key] = value
+    return given
 
 
 def _evaluate_new_composition(registry, row) -> dict | None:

@@ -21,11 +21,11 @@ from __future__ import annotations
 
 import contextlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
-from .composition_methods import SourceAdapter, composition_method
+from .composition_methods import FitContext, SourceAdapter, composition_method
 from .errors import ModelError, ValidationError
 from .progress import AUTO
 from .records import TrainingRecord
@@ -35,7 +35,9 @@ from .schema import AdapterVersion, Composition
 from .stored_folders import store_folder, write_folder
 
 if TYPE_CHECKING:  # pragma: no cover
+    from .data import DomainData
     from .scorer import Scorer
+    from .templates import PromptTemplate
     from .training import Deadline, TrainingConfig, TrainingProgress
 
 TRAINED_FILE = "trained.safetensors"
@@ -143,6 +145,23 @@ def build_scorer(registry: Registry, versions: Sequence[AdapterVersion], *, meth
     return scorer
 
 
+def fit_context(scorer: "Scorer", data: "DomainData", template: "PromptTemplate",
+                config: "TrainingConfig") -> FitContext:
+    """What a method may fit its settings on: the validation users of the run's fraction
+    (:func:`~xcross_registry.training.allowed_validation_users`), with the candidates
+    training validates on."""
+    from .training import allowed_validation_users, validation_set
+
+    allowed = allowed_validation_users(data, config.fraction, config.valid_users)
+    valid = validation_set(data, seed=config.seed, users=allowed, negatives=config.valid_negatives)
+    if valid is None:
+        import numpy as np
+
+        return FitContext(scorer, data, template, [], np.zeros((0, config.valid_negatives + 1), dtype=np.int64),
+                          config.seed)
+    return FitContext(scorer, data, template, valid.users, valid.candidates, config.seed)
+
+
 def parameter_counts(scorer: "Scorer", versions: Sequence[AdapterVersion]) -> ParameterCounts:
     head = sum(p.numel() for p in scorer.output_parameters())
     trainable = sum(p.numel() for p in scorer.parameters() if p.requires_grad)
@@ -178,12 +197,18 @@ def compose(registry: Registry, sources: Sequence[str], target: str, *, name: st
     versions = check_sources(registry, sources, target)
     mode = sources_mode(versions, mode)
     settings = chosen.settings(settings)
+    if chosen.validates_start(settings) and not training_config.validate_start:
+        training_config = replace(training_config, validate_start=True)
     prompt = registry.domain_type(target).template(template)
+    fitted: dict[str, Any] = {"settings": settings, "search": None}
 
     def prepare() -> TrainingJob:
         scorer = build_scorer(registry, versions, method=method, mode=mode, settings=settings,
                               popularity_prior=popularity_prior)
-        return TrainingJob(scorer, registry.domain_data(target), prompt)
+        data = registry.domain_data(target)
+        fitted["settings"], fitted["search"] = chosen.fit(
+            fit_context(scorer, data, prompt, training_config), settings)
+        return TrainingJob(scorer, data, prompt)
 
     def register(folder: Path, run: FinishedRun) -> str:
         """Store what the composition trained and add its row with its lineage."""
@@ -195,7 +220,7 @@ def compose(registry: Registry, sources: Sequence[str], target: str, *, name: st
         save_file(trained, str(folder / TRAINED_FILE), metadata={"format": "pt"})
         if scorer.item_prior is not None:  # its weight is in TRAINED_FILE with the rest
             scorer.item_prior.save(folder, weight=False)
-        stored_settings = chosen.settings_to_json(settings)
+        stored_settings = chosen.settings_to_json(fitted["settings"])
         (folder / SETTINGS_FILE).write_text(json.dumps(
             {"method": method, "scorer": scorer.config.to_dict(), "base_model": scorer.base.to_dict(),
              "settings": stored_settings, "template": prompt.key,
@@ -211,7 +236,8 @@ def compose(registry: Registry, sources: Sequence[str], target: str, *, name: st
                                "popularity_prior": popularity_prior,
                                **({method: stored_settings} if stored_settings is not None else {}),
                                "parameters": count.as_dict(),
-                               **({"integration": record} if record else {})},
+                               **({"integration": record} if record else {}),
+                               **({"search": fitted["search"]} if fitted["search"] else {})},
             training_config=run.training_config(), metrics=run.metrics(),
             trainable_parameters=count.integrator_parameters + count.head_parameters)
         return name

@@ -91,6 +91,9 @@ class TrainingConfig:
     plans exactly that many optimiser steps, its learning-rate schedule decays to zero at
     the last of them, and it ends there as "completed", validating the epoch it ends in.
     Unlike ``max_minutes`` it gives the same model on a busy machine as on a quiet one.
+    ``validate_start`` validates the untrained model too (as epoch 0): it stays the kept
+    model unless a trained epoch beats it on validation, so a run that starts from a
+    sensible model (X-Cross from the mix) leaves it only when validation says so.
     ``bf16`` trains under bfloat16 autocast where the hardware has bf16 arithmetic
     (CUDA that supports it; CPUs with AVX512-BF16 or AMX); elsewhere it warns and
     trains in float32, because emulated bf16 is many times slower than float32.
@@ -119,6 +122,7 @@ class TrainingConfig:
     max_minutes: float | None = None
     max_steps: int | None = None
     patience: int = 0
+    validate_start: bool = False
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "negatives", "min_history", "valid_negatives"):
@@ -143,6 +147,8 @@ class TrainingConfig:
             raise ValidationError(f"warmup_ratio must be in [0, 1), not {self.warmup_ratio!r}")
         if self.max_minutes is not None and not self.max_minutes > 0:
             raise ValidationError(f"max_minutes must be positive, not {self.max_minutes!r}")
+        if not isinstance(self.validate_start, bool):
+            raise ValidationError(f"validate_start must be true or false, not {self.validate_start!r}")
         if self.device not in DEVICES:
             raise ValidationError(f"device must be one of {', '.join(DEVICES)}, not {self.device!r}")
 
@@ -186,7 +192,8 @@ class EpochStats:
 
 @dataclass
 class TrainingResult:
-    """What a run did; ``best_epoch`` is the epoch whose weights the scorer now holds.
+    """What a run did; ``best_epoch`` is the epoch whose weights the scorer now holds
+    (0: the untrained start, validated as ``start`` under ``validate_start``).
 
     ``stop_reason`` is "completed", "time-cap", "interrupted" (``should_stop``) or
     "early-stop" (``patience``).  ``examples_seen`` counts examples over all processes
@@ -194,6 +201,7 @@ class TrainingResult:
     ``planned_examples`` and ``planned_steps`` are what the schedule asked for."""
 
     epochs: list[EpochStats] = field(default_factory=list)
+    start: EpochStats | None = None
     best_epoch: int | None = None
     best_metrics: dict[str, float] | None = None
     train_users: int = 0
@@ -223,7 +231,8 @@ class TrainingResult:
 
         ``wall_seconds`` is what the caller measured (``train_adapter`` and ``compose``:
         their whole call, model loading and saving included), else this training call's."""
-        best = self.epochs[self.best_epoch - 1] if self.best_epoch else None
+        best = self.start if self.best_epoch == 0 else \
+            self.epochs[self.best_epoch - 1] if self.best_epoch else None
         return {"stop_reason": self.stop_reason, "examples_seen": self.examples_seen,
                 "planned_examples": self.planned_examples, "optimizer_steps": self.optimizer_steps,
                 "planned_steps": self.planned_steps, "epochs_completed": self.epochs_completed,
@@ -233,7 +242,8 @@ class TrainingResult:
                 "processes": self.processes, "precision": self.precision,
                 "best_epoch": self.best_epoch,
                 "validation_users": best.validated_users if best else 0,
-                "validation_users_planned": self.valid_users}
+                "validation_users_planned": self.valid_users,
+                **({"start_metrics": self.start.metrics} if self.start is not None else {})}
 
 
 @dataclass
@@ -375,7 +385,8 @@ def train_scorer(scorer: Scorer, data: DomainData, template: PromptTemplate, con
     order_rng = random.Random(config.seed)
     # Each process draws its own negatives, reproducibly.
     negative_rng = np.random.default_rng([config.seed, rank])
-    valid = _validation_set(data, config)
+    valid = validation_set(data, seed=config.seed, users=config.valid_users,
+                           negatives=config.valid_negatives)
     share = config.share_negatives if config.share_negatives is not None else scorer.mode.shares_negatives
 
     params = [p for p in scorer.parameters() if p.requires_grad]
@@ -403,7 +414,7 @@ def train_scorer(scorer: Scorer, data: DomainData, template: PromptTemplate, con
     result = TrainingResult(train_users=len(users), planned_examples=planned_examples,
                             planned_steps=total_steps, processes=processes,
                             precision="bfloat16" if bf16 else "float32",
-                            valid_users=len(valid[2]) if valid is not None else 0)
+                            valid_users=len(valid.users) if valid is not None else 0)
     best_state: dict[str, torch.Tensor] | None = None
     best_per_user: np.ndarray | None = None  # the best epoch's NDCG@10 per validation user
     since_best = 0
@@ -411,6 +422,25 @@ def train_scorer(scorer: Scorer, data: DomainData, template: PromptTemplate, con
 
     def time_up() -> bool:
         return deadline is not None and deadline.expired()
+
+    def validate() -> tuple[dict[str, np.ndarray] | None, bool]:
+        """Per-user Hit@1/NDCG@10 of the validation users (the main process scores, every
+        process gets them) and whether the deadline cut the scoring short."""
+        found = None
+        if accelerator.is_main_process:
+            scores = score_candidates(scorer, data, template, valid.split, valid.candidates, valid.users,
+                                      should_stop=time_up)
+            found = (hit_and_ndcg_per_user(scores), time_up())
+        return wait_for_main(found)
+
+    if config.validate_start and valid is not None:
+        per_user, _ = validate()
+        validated = len(per_user["ndcg@10"])
+        metrics = {name: float(values.mean()) for name, values in per_user.items()} if validated else None
+        result.start = EpochStats(0, 0.0, 0, 0.0, 0.0, metrics, validated)
+        if validated:
+            best_state, best_per_user = scorer.trainable_state(), per_user["ndcg@10"]
+            result.best_epoch, result.best_metrics = 0, metrics
 
     for epoch in range(1, epochs + 1):
         examples = _epoch_examples(users, config, order_rng)
@@ -462,13 +492,7 @@ def train_scorer(scorer: Scorer, data: DomainData, template: PromptTemplate, con
 
         per_user = None
         if valid is not None:
-            found = None
-            if accelerator.is_main_process:
-                scores = score_candidates(scorer, data, template, valid[0], valid[1], valid[2],
-                                          should_stop=time_up)
-                found = (hit_and_ndcg_per_user(scores), time_up())
-            found = wait_for_main(found)
-            per_user, capped = found
+            per_user, capped = validate()
             if capped and result.stop_reason == "completed":
                 result.stop_reason = "time-cap"
         validated = len(per_user["ndcg@10"]) if per_user is not None else 0
@@ -604,14 +628,33 @@ def _training_batch(batch: Sequence[tuple[UserSequence, int]], data: DomainData,
     return histories, candidates
 
 
-def _validation_set(data: DomainData, config: TrainingConfig) -> tuple[str, np.ndarray, list[int]] | None:
-    """Fixed (split, candidate matrix, users) for every epoch, the target in column 0;
+@dataclass(frozen=True)
+class ValidationSet:
+    """Validation users (indices into the valid split) and their candidate matrix, the
+    target in column 0, fixed for a whole run."""
+
+    users: list[int]
+    candidates: np.ndarray
+    split: str = "valid"
+
+
+def allowed_validation_users(data: DomainData, fraction: float, cap: int) -> int:
+    """How many validation users a choice made on validation (LoraHub's search, a
+    fusion weight, an automatic composition) may look at: the run's ``fraction`` of
+    them (a run on 25% of the target's users sees 25% of its validation users too),
+    at most ``cap``."""
+    return min(cap, math.ceil(fraction * len(data.valid)))
+
+
+def validation_set(data: DomainData, *, seed: int, users: int, negatives: int = 29) -> ValidationSet | None:
+    """The first ``users`` validation users with ``negatives`` uniform negatives each,
+    drawn by ``seed`` outside the user's items (the same set for the same arguments);
     ``None`` when there is nothing to validate on."""
-    users = list(range(min(config.valid_users, len(data.valid))))
-    if not users:
+    chosen = list(range(min(users, len(data.valid))))
+    if not chosen:
         return None
-    rng = np.random.default_rng([config.seed, 1])
+    rng = np.random.default_rng([seed, 1])
     matrix = np.array([[data.valid[u].target, *sample_negatives(rng, len(data.items), set(data.valid[u].items),
-                                                                 config.valid_negatives)] for u in users],
-                      dtype=np.int64).reshape(len(users), config.valid_negatives + 1)
-    return "valid", matrix, users
+                                                                 negatives)] for u in chosen],
+                      dtype=np.int64).reshape(len(chosen), negatives + 1)
+    return ValidationSet(chosen, matrix)

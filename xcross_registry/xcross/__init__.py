@@ -1,11 +1,11 @@
 """X-Cross composer core: n frozen LoRA sources over one frozen base model, integrated
 layer by layer by trainable maps (peft-style: config, layer, model), plus what the
-registry needs of it: the composition method (:mod:`.method`), the encoder a scorer
-wraps (:mod:`.states`) and the integration measurement (:mod:`.integration`).
+registry needs of it: the encoder a scorer wraps (:mod:`.states`) and the integration
+measurement (:mod:`.integration`).  Its composition method, the registry's view of it,
+is :mod:`xcross_registry.composition_methods.xcross`.
 
-Names are exported lazily (PEP 562): :mod:`.config` and :mod:`.method` are torch-free,
-and the composition-methods table imports :mod:`.method` in listing commands, which
-must not pay for torch.
+Names are exported lazily (PEP 562): :mod:`.config` is torch-free, and the
+composition-methods table imports it in listing commands, which must not pay for torch.
 """
 
 from __future__ import annotations

@@ -14,6 +14,8 @@ from typing import Any, Mapping
 
 from xcross_registry.errors import ValidationError
 
+INITS = ("streams", "mix")
+
 
 @dataclass
 class XCrossConfig:
@@ -32,9 +34,18 @@ class XCrossConfig:
         layers: indices (0-based) of the transformer layers that integrate; None means
             all. Streams still run in lock-step through the other layers, unmixed.
         init_std: standard deviation of the normal initialisation of every W_l. The
-            default 0 starts the composition as the plain average of the source LoRA
-            models (each stream equals its source exactly); the gradient of W_l is not
-            zero there, so training still moves it.
+            default 0 starts the composition from ``init`` exactly; the gradient of W_l
+            is not zero there, so training still moves it.
+        init: where an untrained composition starts. ``streams``: every stream is its
+            source model exactly and the final states are averaged (the mix ``w``
+            starts at 1/n). ``mix``: every integrating layer replaces each stream's
+            state by the equal mix of the streams, ``h̃_m = (1/n) Σ_m' h_m'``, so the
+            streams run as one model whose layers average the sources' outputs, the
+            layer-wise counterpart of the equal-weight merge of their updates. It adds
+            a trainable bias b_l to z (``z = W_l·concat(h) + b_l``), started at
+            ``z[m,m',0] = 0`` and ``z[m,m',1] = −1/(n·gamma)`` (so gamma must not be 0);
+            validation-based early stopping then moves away from the mix only when
+            validation says so.
     """
 
     beta: float = 1.0
@@ -42,6 +53,7 @@ class XCrossConfig:
     per_token: bool = True
     layers: list[int] | None = None
     init_std: float = 0.0
+    init: str = "streams"
 
     def __post_init__(self) -> None:
         self.validate()
@@ -55,6 +67,10 @@ class XCrossConfig:
             setattr(self, name, float(value))
         if self.init_std < 0:
             raise ValidationError(f"X-Cross setting 'init_std' must be >= 0, got {self.init_std!r}")
+        if self.init not in INITS:
+            raise ValidationError(f"X-Cross setting 'init' must be one of {', '.join(INITS)}, got {self.init!r}")
+        if self.init == "mix" and self.gamma == 0:
+            raise ValidationError("X-Cross setting init 'mix' needs gamma != 0 (the mix is made by the gamma term)")
         if not isinstance(self.per_token, bool):
             raise ValidationError(f"X-Cross setting 'per_token' must be true or false, got {self.per_token!r}")
         if self.layers is not None:

@@ -59,6 +59,10 @@ class XCrossIntegrator(nn.Module):
     difference h_m − h_{m'}). The refinement is linear in the states, so it is
     applied as one n×n mixing matrix per token (or per sequence):
     ``h̃_m = (1 + γ Σ_j z[m,j,1]) h_m + Σ_{m'≠m} (β z[m,m',0] − γ z[m,m',1]) h_{m'}``.
+
+    With ``mix_init`` z gets a trainable bias that starts at ``z[·,·,0] = 0``,
+    ``z[·,·,1] = −1/(nγ)``: then both coefficients are 1/n and every refined state is the
+    equal mix of the streams (see :class:`~xcross_registry.xcross.XCrossConfig`).
     """
 
     other_index: torch.Tensor
@@ -72,6 +76,7 @@ class XCrossIntegrator(nn.Module):
         gamma: float,
         per_token: bool,
         init_std: float,
+        mix_init: bool = False,
     ) -> None:
         super().__init__()
         self.n_streams = n_streams
@@ -80,6 +85,12 @@ class XCrossIntegrator(nn.Module):
         self.per_token = per_token
         self.weight = nn.Parameter(torch.empty(2 * n_streams * (n_streams - 1), n_streams * hidden_size))
         nn.init.normal_(self.weight, std=init_std)
+        if mix_init:
+            start = torch.zeros(n_streams, n_streams - 1, 2)
+            start[..., 1] = -1.0 / (n_streams * gamma)
+            self.bias = nn.Parameter(start.flatten())
+        else:
+            self.register_parameter("bias", None)
         # other_index[m, j] = j-th stream other than m, the m' that z[m, j] refers to.
         others = [[k for k in range(n_streams) if k != m] for m in range(n_streams)]
         self.register_buffer("other_index", torch.tensor(others, dtype=torch.long), persistent=False)
@@ -95,7 +106,7 @@ class XCrossIntegrator(nn.Module):
                 mask = attention_mask.to(h.dtype).view(1, batch, length, 1)
                 h = (h * mask).sum(dim=2, keepdim=True) / mask.sum(dim=2, keepdim=True).clamp(min=1.0)
         cat = h.permute(1, 2, 0, 3).reshape(batch, h.shape[2], n * hidden)
-        return nn.functional.linear(cat, self.weight).view(batch, h.shape[2], n, n - 1, 2)
+        return nn.functional.linear(cat, self.weight, self.bias).view(batch, h.shape[2], n, n - 1, 2)
 
     def forward(self, h: torch.Tensor, attention_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Refined states [n, B, T, H] (dtype of ``h``) and the scalars z they were made with."""

@@ -263,6 +263,7 @@ class XCrossEncoder(nn.Module):
                     gamma=self.config.gamma,
                     per_token=self.config.per_token,
                     init_std=self.config.init_std,
+                    mix_init=self.config.init == "mix",
                 )
                 for i in integrated
             }

@@ -3,28 +3,29 @@
 The sources' LoRA weights are stacked over one frozen base and run as parallel streams;
 trainable integrators refine each stream from the others at every layer and a mix
 combines the final states (:class:`~xcross_registry.xcross.XCrossEncoder`).  Torch-free
-at import: the composition-methods table names it in listing commands.
+at import: the composition-methods table names it in listing commands.  The model lives
+in the :mod:`xcross_registry.xcross` package.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Sequence
 
-from xcross_registry.errors import ValidationError
-from xcross_registry.xcross.config import XCrossConfig
+from ..errors import ValidationError
+from ..xcross.config import XCrossConfig
+from .interface import CompositionMethod
 
 if TYPE_CHECKING:  # pragma: no cover
     from torch import nn
 
-    from xcross_registry.composition_methods import SourceAdapter
-    from xcross_registry.data import DomainData
-    from xcross_registry.scorer import Scorer
-    from xcross_registry.templates import PromptTemplate
+    from ..data import DomainData
+    from ..scorer import Scorer
+    from ..templates import PromptTemplate
+    from .interface import SourceAdapter
 
 
-class XCrossMethod:
-    """``--method xcross``: a :class:`~xcross_registry.composition_methods.CompositionMethod`
-    whose settings are an :class:`XCrossConfig`."""
+class XCrossMethod(CompositionMethod):
+    """``--method xcross``: settings are an :class:`XCrossConfig` (or a dict of its fields)."""
 
     name = "xcross"
     subject_kind = "composition"
@@ -34,8 +35,10 @@ class XCrossMethod:
     def settings(self, given: Any | None) -> XCrossConfig:
         if given is None:
             return XCrossConfig()
+        if isinstance(given, dict):
+            return XCrossConfig.from_dict(given)
         if not isinstance(given, XCrossConfig):
-            raise ValidationError(f"X-Cross settings must be an XCrossConfig, not {type(given).__name__}")
+            raise ValidationError(f"X-Cross settings must be an XCrossConfig or a dict, not {type(given).__name__}")
         return given
 
     def settings_to_json(self, settings: XCrossConfig) -> dict[str, Any]:
@@ -44,22 +47,22 @@ class XCrossMethod:
     def settings_from_json(self, stored: dict[str, Any] | None) -> XCrossConfig:
         return XCrossConfig.from_dict(stored) if stored else XCrossConfig()
 
+    def validates_start(self, settings: XCrossConfig) -> bool:
+        """From the mix, the untrained composition is the equal mix of the sources: kept
+        unless training beats it on validation."""
+        return settings.init == "mix"
+
     def build_encoder(self, model: "nn.Module", sources: Sequence["SourceAdapter"],
                       settings: XCrossConfig) -> "nn.Module":
-        from peft import LoraConfig
-        from safetensors.torch import load_file
+        from ..weighted_lora import load_lora_sources
+        from ..xcross.model import XCrossEncoder
+        from ..xcross.states import XCrossStates
 
-        from xcross_registry.adapters import PEFT_WEIGHTS
-        from xcross_registry.xcross.model import LoraSource, XCrossEncoder
-        from xcross_registry.xcross.states import XCrossStates
-
-        streams = [LoraSource(load_file(str(s.folder / PEFT_WEIGHTS)),
-                              LoraConfig.from_pretrained(str(s.folder)), name=s.label) for s in sources]
-        return XCrossStates(XCrossEncoder(model, streams, settings))
+        return XCrossStates(XCrossEncoder(model, load_lora_sources(sources), settings))
 
     def after_training(self, scorer: "Scorer", data: "DomainData", template: "PromptTemplate",
                        name: str, sources: Sequence[str]) -> dict[str, Any]:
         """The integration weights, measured from the weights just trained."""
-        from xcross_registry.xcross.integration import measure_integration
+        from ..xcross.integration import measure_integration
 
         return measure_integration(scorer, data, template, name, sources)
