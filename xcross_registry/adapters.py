@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from .errors import ModelError, ValidationError
+from .fusion import check_id_model, fit_for_run
 from .progress import AUTO
 from .records import TrainingRecord
 from .registry import Registry, validate_name
@@ -62,12 +63,14 @@ def _tensor_elements(path: Path) -> int:
 
 def train_adapter(registry: Registry, domain: str, *, scorer_config: "ScorerConfig | None" = None,
                   training_config: "TrainingConfig | None" = None, base_model: str | None = None,
-                  head_only: bool = False, template: str | None = None,
+                  head_only: bool = False, template: str | None = None, fuse_with: str | None = None,
                   progress: "Callable[[TrainingProgress], None] | str | None" = AUTO,
                   should_stop: "Callable[[], bool] | None" = None,
                   deadline: "Deadline | None" = None) -> AdapterVersion:
     """Train a LoRA scorer (or, with ``head_only``, just a head on the frozen base) on
-    ``domain`` and register it as the domain's next adapter version.
+    ``domain`` and register it as the domain's next adapter version; ``fuse_with`` (a
+    stored ID model of the domain) fuses its scores with the adapter's by weights fitted
+    on validation users (:mod:`xcross_registry.fusion`).
 
     ``deadline`` bounds the run (default: ``training_config.max_minutes`` from this
     call's start; the CLI passes one from the command's start).  Under a
@@ -77,6 +80,8 @@ def train_adapter(registry: Registry, domain: str, *, scorer_config: "ScorerConf
     from .training import TrainingConfig
 
     training_config = training_config or TrainingConfig()
+    if fuse_with is not None:
+        check_id_model(registry, fuse_with, registry.domain(domain).name)
 
     def prepare() -> TrainingJob:
         data = registry.domain_data(domain)
@@ -87,10 +92,12 @@ def train_adapter(registry: Registry, domain: str, *, scorer_config: "ScorerConf
     def register(folder: Path, run: FinishedRun) -> str:
         scorer = run.job.scorer
         scorer.save_pretrained(folder)
+        fusion = {"fusion": fit_for_run(registry, run, fuse_with, domain)} if fuse_with is not None else {}
         return register_version(
             registry, domain, folder, scorer.base,
             trainable_parameters=sum(p.numel() for p in scorer.parameters() if p.requires_grad),
-            training_config=run.training_config(scorer=scorer.config.to_dict(), head_only=head_only),
+            training_config=run.training_config(scorer=scorer.config.to_dict(), head_only=head_only,
+                                                **fusion),
             metrics=run.metrics(), status="head-only" if head_only else "ready").label
 
     return registry.adapter(train_and_register(registry, prepare, register, training_config,

@@ -166,6 +166,9 @@ POPULARITY_PRIOR = typer.Option(False, "--popularity-prior", help="Add a learned
                                 "users the run uses (adapters and compositions alike).")
 BASE_MODEL = typer.Option(None, "--base-model", help="Transformers model name or path "
                           "(default: the bundled all-MiniLM-L6-v2).")
+FUSE_WITH = typer.Option(None, "--with", metavar="ID_MODEL", help="Fuse the trained model's scores "
+                         "with a stored ID model of the domain (sasrec:DOMAIN@vN), by a weight fitted "
+                         "on validation users (late fusion).")
 
 # The training options, declared once: @training_options adds them to train-adapter,
 # add-domain (--train) and compose, and hands the command their values as one dict of
@@ -380,7 +383,7 @@ def train_adapter(
     base_model: Optional[str] = BASE_MODEL,
     head_only: bool = typer.Option(False, "--head-only", help="Baseline: train only the head "
                                    "on the frozen base model."),
-    template: Optional[str] = TEMPLATE,
+    template: Optional[str] = TEMPLATE, fuse_with: Optional[str] = FUSE_WITH,
     as_json: bool = JSON_OPTION, training: dict = None,
 ) -> None:
     """Train a LoRA adapter on a domain and register it as the next version."""
@@ -391,7 +394,7 @@ def train_adapter(
         version = train(_registry(), name,
                         scorer_config=_scorer_config(mode, max_length, popularity_prior),
                         training_config=config, base_model=base_model, head_only=head_only,
-                        template=template, progress=progress, deadline=deadline)
+                        template=template, fuse_with=fuse_with, progress=progress, deadline=deadline)
     if not _is_main_process():
         return
     if as_json:
@@ -501,6 +504,7 @@ def compose(
                                 "not per token."),
     init: Optional[str] = typer.Option(None, "--init", help="X-Cross: start from the sources' "
                                        "'streams' (default) or from their layer-wise 'mix'."),
+    fuse_with: Optional[str] = FUSE_WITH,
     evaluate_after: bool = typer.Option(True, "--evaluate/--no-evaluate",
                                         help="Evaluate on the target test split afterwards."),
     template: Optional[str] = TEMPLATE,
@@ -516,8 +520,8 @@ def compose(
         row = composer.compose(registry, [s for s in sources.split(",") if s.strip()], target,
                                name=name, method=method, mode=mode,
                                popularity_prior=popularity_prior, training_config=config,
-                               settings=given or None, template=template, progress=progress,
-                               deadline=deadline)
+                               settings=given or None, template=template, fuse_with=fuse_with,
+                               progress=progress, deadline=deadline)
     if not _is_main_process():
         return
     document = composer.as_dict(row)
@@ -548,6 +552,35 @@ def _method_settings(pairs: list[str], **named: Any) -> dict[str, Any]:
                 raise ValidationError(f"setting {key!r} given twice (--set and its own flag)")
             given[key] = value
     return given
+
+
+@app.command()
+def fuse(
+    name: str = typer.Argument(..., metavar="NAME", help="A composition or adapter version."),
+    fuse_with: str = typer.Option(..., "--with", metavar="ID_MODEL", help="The stored ID model to "
+                                  "fuse with (sasrec:DOMAIN@vN)."),
+    new_name: Optional[str] = typer.Option(None, "--name", help="The fused composition's name "
+                                           "(default NAME-sasrec); a fused adapter is its domain's "
+                                           "next version."),
+    valid_users: Optional[int] = typer.Option(None, "--valid-users", min=1, help="Cap on the "
+                                              "validation users the weight is fitted on (default: "
+                                              "the model's own run's)."),
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Register a trained model fused with an ID model as its own row (no retraining)."""
+    from .fusion import fuse as fuse_model
+    from .subjects import resolve_subject
+
+    registry = _registry()
+    made = fuse_model(registry, name, fuse_with, new_name=new_name, valid_users=valid_users)
+    fusion = resolve_subject(registry, made).record.fusion
+    if as_json:
+        _emit_json({"name": made, "fusion": fusion})
+        return
+    scores = fusion["validation_ndcg@10"]
+    print(f"registered {made}: {fusion['with']} weight {fusion['weight']:.4f}, unseen {fusion['unseen']:.4f}; "
+          f"validation NDCG@10 on {fusion['users']} users: text {scores['text']:.4f}, "
+          f"ids {scores['ids']:.4f}, fused {scores['fused']:.4f}")
 
 
 def _evaluate_new_composition(registry, row) -> dict | None:

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 from .composition_methods import FitContext, SourceAdapter, composition_method
 from .errors import ModelError, ValidationError
+from .fusion import check_id_model, fit_for_run
 from .progress import AUTO
 from .records import TrainingRecord
 from .registry import Registry, validate_name
@@ -173,7 +174,7 @@ def parameter_counts(scorer: "Scorer", versions: Sequence[AdapterVersion]) -> Pa
 
 def compose(registry: Registry, sources: Sequence[str], target: str, *, name: str | None = None,
             method: str = "xcross", mode: str | None = None, settings: Any | None = None,
-            popularity_prior: bool = False,
+            popularity_prior: bool = False, fuse_with: str | None = None,
             training_config: "TrainingConfig | None" = None, template: str | None = None,
             progress: "Callable[[TrainingProgress], None] | str | None" = AUTO,
             should_stop: "Callable[[], bool] | None" = None,
@@ -181,7 +182,9 @@ def compose(registry: Registry, sources: Sequence[str], target: str, *, name: st
     """Train a composition of ``sources`` for ``target`` with ``method`` (its
     ``settings``: see :func:`build_scorer`) and register it with its lineage;
     ``popularity_prior`` adds the learned item-popularity prior, counted on the target
-    users the run trains on (:mod:`xcross_registry.item_prior`).
+    users the run trains on (:mod:`xcross_registry.item_prior`); ``fuse_with`` (a stored
+    ID model of the target, ``sasrec:T@vN``) fuses its scores with the composition's by
+    weights fitted on validation users after training (:mod:`xcross_registry.fusion`).
 
     Everything is checked before a model loads.  ``deadline`` bounds the run (default:
     ``training_config.max_minutes`` from the run's start; the CLI passes one from the
@@ -200,6 +203,8 @@ def compose(registry: Registry, sources: Sequence[str], target: str, *, name: st
     if chosen.validates_start(settings) and not training_config.validate_start:
         training_config = replace(training_config, validate_start=True)
     prompt = registry.domain_type(target).template(template)
+    if fuse_with is not None:
+        check_id_model(registry, fuse_with, registry.domain(target).name)
     fitted: dict[str, Any] = {"settings": settings, "search": None}
 
     def prepare() -> TrainingJob:
@@ -230,6 +235,7 @@ def compose(registry: Registry, sources: Sequence[str], target: str, *, name: st
         # Measured now, from the weights just trained, so `show --plot` needs no model.
         record = chosen.after_training(scorer, run.job.data, prompt, name, [v.label for v in versions])
         count = parameter_counts(scorer, versions)
+        fusion = fit_for_run(registry, run, fuse_with, target) if fuse_with is not None else None
         registry.add_composition(
             name, target, versions, artifact_digest=digest,
             integrator_config={"method": method, "mode": scorer.config.mode,
@@ -237,7 +243,8 @@ def compose(registry: Registry, sources: Sequence[str], target: str, *, name: st
                                **({method: stored_settings} if stored_settings is not None else {}),
                                "parameters": count.as_dict(),
                                **({"integration": record} if record else {}),
-                               **({"search": fitted["search"]} if fitted["search"] else {})},
+                               **({"search": fitted["search"]} if fitted["search"] else {}),
+                               **({"fusion": fusion} if fusion else {})},
             training_config=run.training_config(), metrics=run.metrics(),
             trainable_parameters=count.integrator_parameters + count.head_parameters)
         return name

@@ -42,6 +42,14 @@ class TrainingRecord:
     train_users: int | None
     seconds: float | None
     imported_from: str | None = None  # the folder an imported adapter came from
+    fusion: dict[str, Any] | None = None  # a stored late fusion with an ID model (xcross_registry.fusion)
+
+    @property
+    def board_method(self) -> str:
+        """What a leaderboard calls it: the method, ``+`` the fused ID model's kind."""
+        if not self.fusion:
+            return self.method
+        return f"{self.method}+{self.fusion['with'].partition(':')[0]}"
 
     @property
     def fraction(self) -> float | None:
@@ -64,13 +72,16 @@ class TrainingRecord:
     @classmethod
     def of(cls, row: AdapterVersion | Composition | BaselineModel) -> "TrainingRecord":
         """The record of an adapter version, a composition or a trained baseline row."""
+        fusion = None
         if isinstance(row, AdapterVersion):
             stored = row.training_config or {}
             method, mode = (HEAD_ONLY if row.status == HEAD_ONLY else LORA,
                             (stored.get("scorer") or {}).get("mode"))
+            fusion = stored.get("fusion")
         elif isinstance(row, Composition):
             stored = row.training_config or {}
             method, mode = row.integrator_config.get("method"), row.integrator_config.get("mode")
+            fusion = row.integrator_config.get("fusion")
         elif isinstance(row, BaselineModel):
             stored = row.training_config or {}
             method, mode = row.kind, None  # an ID model: no scoring mode, no prompt
@@ -81,4 +92,4 @@ class TrainingRecord:
                    training=dict(stored.get("training") or {}), run=stored.get("run"),
                    validation=measured.get("validation"), best_epoch=measured.get("best_epoch"),
                    train_users=measured.get("train_users"), seconds=measured.get("seconds"),
-                   imported_from=stored.get("imported_from"))
+                   imported_from=stored.get("imported_from"), fusion=fusion)

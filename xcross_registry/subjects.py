@@ -83,14 +83,14 @@ class Subject:
             return "zero-shot"
         if self.record is None:
             return self.name.partition(":")[0]
-        return self.record.method
+        return self.record.board_method
 
     @property
     def board_kind(self) -> str:
         """``adapter``, ``composition`` or ``baseline``: a head-only scorer, a source used
         zero-shot and a composition method that integrates nothing are baselines."""
         if self.kind == "composition":
-            return composition_method(self.method).subject_kind
+            return composition_method(self.record.method).subject_kind
         if self.kind == "adapter" and (self.zero_shot or self.status == "head-only"):
             return "baseline"
         return self.kind
@@ -315,6 +315,10 @@ def load_subject(registry: Registry, name: str | Subject, *, domain: str | None 
         return score_candidates(scorer, data, prompt, split, matrix, users, batch_size=batch_size,
                                 progress=progress)
 
+    if subject.record is not None and subject.record.fusion and not subject.zero_shot:
+        from .fusion import fused_score_function
+
+        score = fused_score_function(registry, score, subject.record.fusion)
     return LoadedSubject(subject, asked_as, data, score, scorer=scorer, template=prompt,
                          requested_template=template)
 
