@@ -116,3 +116,65 @@ def test_bad_settings_are_one_line_and_register_nothing(xreg, dual_sources):
         result = xreg("compose", "--sources", "toys,sports", "--target", "tools", *QUICK, *extra)
         assert (result.exit_code, result.stderr) == (1, message), extra
     assert Registry().compositions() == []
+
+
+def test_auto_composition_ranks_sources_and_methods_on_validation_and_never_reads_test(
+        xreg, dual_sources, monkeypatch):
+    """--sources auto --method auto: the search scores validation users only (the split of
+    every scoring call and every stored candidate set asked for is recorded), registers the
+    winner with its search, and `show` prints it."""
+    from xcross_registry import scoring, training
+
+    assert xreg("add-domain", "garden", "--plugin", "synthetic", "--data",
+                "garden?users=120&items=60&max_len=8").exit_code == 0
+    assert xreg("train-adapter", "garden", *QUICK, "--mode", "dual", "--max-length", "32", "--base-model",
+                Registry().adapter("toys").base_model.name).exit_code == 0
+    asked: list[str] = []
+    score, candidate_set = scoring.score_candidates, Registry.candidate_set
+
+    def scoring_spy(scorer, data, template, split, *args, **kwargs):
+        asked.append(split)
+        return score(scorer, data, template, split, *args, **kwargs)
+
+    def candidates_spy(self, domain, split, *args, **kwargs):
+        asked.append(split)
+        return candidate_set(self, domain, split, *args, **kwargs)
+
+    for module in (scoring, training):
+        monkeypatch.setattr(module, "score_candidates", scoring_spy)
+    monkeypatch.setattr(Registry, "candidate_set", candidates_spy)
+    result = xreg("compose", "--sources", "auto", "--max-sources", "2", "--target", "tools", "--method",
+                  "auto", "--candidates", "xcross;linear-merge;learned-merge:per_layer=true", *QUICK,
+                  "--fraction", "0.5", "--no-evaluate", "--json")
+    assert result.exit_code == 0, result.stderr
+    assert "test" not in asked and "valid" in asked  # validation only, never a test user
+    document = result.json()
+    auto = document["integrator_config"]["auto"]
+    ranked = auto["sources"]
+    assert {row["adapter"] for row in ranked} == {"toys@v1", "sports@v1", "garden@v1"}
+    scores = [row["validation_ndcg@10"] for row in ranked]
+    assert scores == sorted(scores, reverse=True)  # best first
+    assert auto["chosen_sources"] == [row["adapter"] for row in ranked[:2]]
+    assert [s["adapter"] for s in document["sources"]] == auto["chosen_sources"]
+    assert [c["candidate"] for c in auto["candidates"]] == ["xcross", "linear-merge",
+                                                            "learned-merge:per_layer=true"]
+    assert all(c["planned_steps"] == 2 for c in auto["candidates"])  # one declared budget
+    best = max(auto["candidates"], key=lambda c: c["validation_ndcg@10"])
+    assert auto["chosen"] == best["candidate"] and document["method"] == best["method"]
+    assert document["name"] == "tools-auto" and len(Registry().compositions()) == 1
+    shown = xreg("show", "tools-auto")
+    assert "chosen automatically on" in shown.stdout and "learned-merge:per_layer=true" in shown.stdout
+
+
+def test_auto_options_are_checked_before_anything_trains(xreg, dual_sources):
+    for extra, message in [
+        (["--sources", "toys,sports", "--max-sources", "2"], "error: --max-sources applies to --sources auto\n"),
+        (["--sources", "toys,sports", "--method", "auto", "--candidates", "xcross;median"],
+         "error: unknown composition method 'median'"),
+        (["--sources", "toys,sports", "--method", "auto", "--init", "mix"],
+         "error: method settings apply to one method"),
+        (["--sources", "toys,sports", "--candidates", "xcross"], "error: --candidates applies to --method auto\n"),
+    ]:
+        result = xreg("compose", "--target", "tools", *QUICK, *extra)
+        assert result.exit_code == 1 and result.stderr.startswith(message), (extra, result.stderr)
+    assert Registry().compositions() == []

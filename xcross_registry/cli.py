@@ -484,12 +484,22 @@ def evaluate(
 @app.command()
 @training_options(lr=1e-3)
 def compose(
-    sources: str = typer.Option(..., "--sources", help="Comma-separated source adapters (DOMAIN or DOMAIN@vN)."),
+    sources: str = typer.Option(..., "--sources", help="Comma-separated source adapters (DOMAIN or "
+                                "DOMAIN@vN), or 'auto': the other domains' adapters ranked by "
+                                "zero-shot validation NDCG@10 on the target."),
     target: str = typer.Option(..., "--target", help="Target domain."),
     name: Optional[str] = typer.Option(None, "--name", help="Composition name (default TARGET-x)."),
     method: str = typer.Option("xcross", "--method", help="xcross; the baselines linear-merge, ties, "
-                               "dare-linear, dare-ties, svd, learned-merge, lorahub; or one a plugin "
-                               "registered (composition_methods.COMPOSITION_METHODS)."),
+                               "dare-linear, dare-ties, svd, learned-merge, lorahub, arrow; one a "
+                               "plugin registered; or 'auto': every --candidates trained under the "
+                               "same budget, the best on validation users registered."),
+    max_sources: Optional[int] = typer.Option(None, "--max-sources", min=2, help="With --sources "
+                                              "auto: how many of the ranked sources to compose "
+                                              "(default 3)."),
+    candidates: Optional[str] = typer.Option(None, "--candidates", help="With --method auto: "
+                                             "';'-separated METHOD or METHOD:KEY=VALUE[,KEY=VALUE] "
+                                             "(default: every built-in method, X-Cross from both "
+                                             "starts)."),
     mode: Optional[str] = typer.Option(None, "--mode", help="Scoring mode (default: the sources')."),
     popularity_prior: bool = POPULARITY_PRIOR,
     settings: list[str] = typer.Option([], "--set", metavar="KEY=VALUE", help="A setting of the "
@@ -511,17 +521,24 @@ def compose(
     as_json: bool = JSON_OPTION, training: dict = None,
 ) -> None:
     """Train a composition (X-Cross by default) of source adapters for a target domain."""
-    from . import composer
+    from . import auto_composition, composer
 
     given = _method_settings(settings, beta=beta, gamma=gamma, per_token=False if pooled else None,
                              init=init)
+    automatic = auto_composition.AUTOMATIC
+    chosen = automatic if sources.strip() == automatic else [s for s in sources.split(",") if s.strip()]
+    options = {"name": name, "mode": mode, "settings": given or None, "popularity_prior": popularity_prior,
+               "fuse_with": fuse_with, "template": template}
     registry = _registry()
     with _training_run(training, as_json) as (config, progress, deadline):
-        row = composer.compose(registry, [s for s in sources.split(",") if s.strip()], target,
-                               name=name, method=method, mode=mode,
-                               popularity_prior=popularity_prior, training_config=config,
-                               settings=given or None, template=template, fuse_with=fuse_with,
-                               progress=progress, deadline=deadline)
+        if automatic in (chosen, method) or max_sources is not None or candidates is not None:
+            row = auto_composition.auto_compose(
+                registry, target, sources=chosen, method=method, max_sources=max_sources,
+                candidates=candidates.split(";") if candidates is not None else None,
+                training_config=config, progress=progress, deadline=deadline, **options)
+        else:
+            row = composer.compose(registry, chosen, target, method=method, training_config=config,
+                                   progress=progress, deadline=deadline, **options)
     if not _is_main_process():
         return
     document = composer.as_dict(row)
@@ -568,7 +585,7 @@ def fuse(
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Register a trained model fused with an ID model as its own row (no retraining)."""
-    from .fusion import fuse as fuse_model
+    from .fusing import fuse as fuse_model
     from .subjects import resolve_subject
 
     registry = _registry()
@@ -985,6 +1002,8 @@ def _print_adapter(a: dict, as_json: bool = False) -> None:
     else:
         console.print(f"validation {(a['metrics'] or {}).get('validation')}")
         console.print(_run_summary(training.get("run")))
+    if training.get("fusion"):
+        _print_composition_records({"fusion": training["fusion"]}, "lora")
 
 
 def _print_baseline_model(b: dict, as_json: bool = False) -> None:
@@ -1023,10 +1042,44 @@ def _print_composition(c: dict, as_json: bool = False) -> None:
                   f"({measured.get('train_users')} users) in {measured.get('seconds')} s; "
                   f"validation {measured.get('validation')}")
     console.print(_run_summary(training.get("run")))
+    _print_composition_records(c["integrator_config"], c["method"])
     evaluation = c.get("evaluation")
     if evaluation:
         console.print("test: " + ", ".join(f"{k} {v['mean']:.4f}" for k, v in evaluation["metrics"].items()
                                           if k in SHOWN_METRICS))
+
+
+def _print_composition_records(config: dict, method: str) -> None:
+    """What a composition's method chose and learned, as stored with it: its settings, a
+    weight search (lorahub), learned merge weights, a fusion, an automatic choice."""
+    if config.get(method):
+        print(f"settings: {json.dumps(config[method], sort_keys=True)}")
+    search = config.get("search")
+    if search:
+        first, best = search["evaluations"][0], search["evaluations"][search["best"]]
+        print(f"weight search: {len(search['evaluations'])} evaluations on {search['users']} validation "
+              f"users ({search['optimizer']}); chose {best['weights']} (objective {best['objective']:.4f}; "
+              f"equal weights {first['objective']:.4f})")
+    integration = config.get("integration")
+    if integration and "weights" in integration:
+        print(f"learned weights ({', '.join(integration['sources'])}): {integration['weights']}")
+    fusion = config.get("fusion")
+    if fusion:
+        scores = fusion["validation_ndcg@10"]
+        print(f"fused with {fusion['with']}: weight {fusion['weight']:.4f}, unseen {fusion['unseen']:.4f}; "
+              f"validation NDCG@10 on {fusion['users']} users: text {scores['text']:.4f}, "
+              f"ids {scores['ids']:.4f}, fused {scores['fused']:.4f}")
+    auto = config.get("auto")
+    if auto:
+        print(f"chosen automatically on {auto['validation_users']} validation users (NDCG@10):")
+        if auto["sources"]:
+            _table("sources (zero-shot)", ["adapter", "NDCG@10", "chosen"],
+                   [[row["adapter"], f"{row['validation_ndcg@10']:.4f}",
+                     "yes" if row["adapter"] in auto["chosen_sources"] else ""] for row in auto["sources"]])
+        _table("methods (same budget)", ["candidate", "steps", "NDCG@10", "seconds", "chosen"],
+               [[row["candidate"], f"{row['steps']}/{row['planned_steps']}", f"{row['validation_ndcg@10']:.4f}",
+                 row["seconds"], "yes" if row["candidate"] == auto["chosen"] else ""]
+                for row in auto["candidates"]])
 
 
 def main() -> None:

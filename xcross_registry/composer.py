@@ -21,11 +21,11 @@ from __future__ import annotations
 
 import contextlib
 import json
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
-from .composition_methods import FitContext, SourceAdapter, composition_method
+from .composition_methods import CompositionMethod, FitContext, SourceAdapter, composition_method
 from .errors import ModelError, ValidationError
 from .fusion import check_id_model, fit_for_run
 from .progress import AUTO
@@ -172,6 +172,96 @@ def parameter_counts(scorer: "Scorer", versions: Sequence[AdapterVersion]) -> Pa
 
 # ---- composing ---------------------------------------------------------------------------
 
+@dataclass
+class CompositionPlan:
+    """One composition, checked and ready to train: :meth:`prepare` builds its model
+    (fitting the method's settings on validation users when the method fits any) and
+    :meth:`register` stores what a finished run trained and adds the row with its
+    lineage.  ``record`` is stored with the row as well (an automatic composition's
+    search, ``auto``)."""
+
+    registry: Registry
+    name: str
+    target: str
+    method: CompositionMethod
+    versions: list[AdapterVersion]
+    mode: str | None
+    settings: Any
+    popularity_prior: bool
+    fuse_with: str | None
+    training_config: "TrainingConfig"
+    prompt: "PromptTemplate"
+    search: dict[str, Any] | None = None
+    record: dict[str, Any] = field(default_factory=dict)
+
+    def prepare(self) -> TrainingJob:
+        scorer = build_scorer(self.registry, self.versions, method=self.method.name, mode=self.mode,
+                              settings=self.settings, popularity_prior=self.popularity_prior)
+        data = self.registry.domain_data(self.target)
+        self.settings, self.search = self.method.fit(
+            fit_context(scorer, data, self.prompt, self.training_config), self.settings)
+        return TrainingJob(scorer, data, self.prompt)
+
+    def register(self, folder: Path, run: FinishedRun) -> str:
+        """Store what the composition trained and add its row with its lineage."""
+        from safetensors.torch import save_file
+
+        registry, method, versions = self.registry, self.method, self.versions
+        scorer = run.job.scorer
+        trained = {key: tensor.detach().float().cpu().contiguous()
+                   for key, tensor in scorer.trainable_state().items()}
+        save_file(trained, str(folder / TRAINED_FILE), metadata={"format": "pt"})
+        if scorer.item_prior is not None:  # its weight is in TRAINED_FILE with the rest
+            scorer.item_prior.save(folder, weight=False)
+        stored_settings = method.settings_to_json(self.settings)
+        (folder / SETTINGS_FILE).write_text(json.dumps(
+            {"method": method.name, "scorer": scorer.config.to_dict(), "base_model": scorer.base.to_dict(),
+             "settings": stored_settings, "template": self.prompt.key,
+             "sources": [{"adapter": v.label, "digest": v.artifact_digest} for v in versions]},
+            indent=2, sort_keys=True) + "\n")
+        digest = store_folder(registry, folder, kind=MANIFEST_KIND)
+        # Measured now, from the weights just trained, so `show --plot` needs no model.
+        integration = method.after_training(scorer, run.job.data, self.prompt, self.name,
+                                            [v.label for v in versions])
+        count = parameter_counts(scorer, versions)
+        fusion = fit_for_run(registry, run, self.fuse_with, self.target) if self.fuse_with else None
+        registry.add_composition(
+            self.name, self.target, versions, artifact_digest=digest,
+            integrator_config={"method": method.name, "mode": scorer.config.mode,
+                               "popularity_prior": self.popularity_prior,
+                               **({method.name: stored_settings} if stored_settings is not None else {}),
+                               "parameters": count.as_dict(),
+                               **({"integration": integration} if integration else {}),
+                               **({"search": self.search} if self.search else {}),
+                               **({"fusion": fusion} if fusion else {}), **self.record},
+            training_config=run.training_config(), metrics=run.metrics(),
+            trainable_parameters=count.integrator_parameters + count.head_parameters)
+        return self.name
+
+
+def plan_composition(registry: Registry, sources: Sequence[str], target: str, *, name: str | None = None,
+                     method: str = "xcross", mode: str | None = None, settings: Any | None = None,
+                     popularity_prior: bool = False, fuse_with: str | None = None,
+                     training_config: "TrainingConfig | None" = None,
+                     template: str | None = None) -> CompositionPlan:
+    """Check everything about a composition before any model loads (see :func:`compose`)."""
+    from .training import TrainingConfig
+
+    training_config = training_config or TrainingConfig()
+    chosen = composition_method(method)
+    name = validate_name(name or f"{target}-{chosen.default_suffix}", "composition")
+    registry.check_composition_name(name)
+    versions = check_sources(registry, sources, target)
+    settings = chosen.settings(settings)
+    if chosen.validates_start(settings) and not training_config.validate_start:
+        training_config = replace(training_config, validate_start=True)
+    if fuse_with is not None:
+        check_id_model(registry, fuse_with, registry.domain(target).name)
+    return CompositionPlan(registry, name, target, chosen, versions, sources_mode(versions, mode), settings,
+                           popularity_prior, fuse_with, training_config,
+                           registry.domain_type(target).template(template))
+
+
 def compose(registry: Registry, sources: Sequence[str], target: str, *, name: str | None = None,
             method: str = "xcross", mode: str | None = None, settings: Any | None = None,
             popularity_prior: bool = False, fuse_with: str | None = None,
@@ -186,71 +276,18 @@ def compose(registry: Registry, sources: Sequence[str], target: str, *, name: st
     ID model of the target, ``sasrec:T@vN``) fuses its scores with the composition's by
     weights fitted on validation users after training (:mod:`xcross_registry.fusion`).
 
-    Everything is checked before a model loads.  ``deadline`` bounds the run (default:
-    ``training_config.max_minutes`` from the run's start; the CLI passes one from the
-    command's start).  Under a multi-process launch every process trains, the main
-    process alone writes the artifacts and the registry row, and every process returns
-    that row."""
-    from .training import TrainingConfig
-
-    training_config = training_config or TrainingConfig()
-    chosen = composition_method(method)
-    name = validate_name(name or f"{target}-{chosen.default_suffix}", "composition")
-    registry.check_composition_name(name)
-    versions = check_sources(registry, sources, target)
-    mode = sources_mode(versions, mode)
-    settings = chosen.settings(settings)
-    if chosen.validates_start(settings) and not training_config.validate_start:
-        training_config = replace(training_config, validate_start=True)
-    prompt = registry.domain_type(target).template(template)
-    if fuse_with is not None:
-        check_id_model(registry, fuse_with, registry.domain(target).name)
-    fitted: dict[str, Any] = {"settings": settings, "search": None}
-
-    def prepare() -> TrainingJob:
-        scorer = build_scorer(registry, versions, method=method, mode=mode, settings=settings,
-                              popularity_prior=popularity_prior)
-        data = registry.domain_data(target)
-        fitted["settings"], fitted["search"] = chosen.fit(
-            fit_context(scorer, data, prompt, training_config), settings)
-        return TrainingJob(scorer, data, prompt)
-
-    def register(folder: Path, run: FinishedRun) -> str:
-        """Store what the composition trained and add its row with its lineage."""
-        from safetensors.torch import save_file
-
-        scorer = run.job.scorer
-        trained = {key: tensor.detach().float().cpu().contiguous()
-                   for key, tensor in scorer.trainable_state().items()}
-        save_file(trained, str(folder / TRAINED_FILE), metadata={"format": "pt"})
-        if scorer.item_prior is not None:  # its weight is in TRAINED_FILE with the rest
-            scorer.item_prior.save(folder, weight=False)
-        stored_settings = chosen.settings_to_json(fitted["settings"])
-        (folder / SETTINGS_FILE).write_text(json.dumps(
-            {"method": method, "scorer": scorer.config.to_dict(), "base_model": scorer.base.to_dict(),
-             "settings": stored_settings, "template": prompt.key,
-             "sources": [{"adapter": v.label, "digest": v.artifact_digest} for v in versions]},
-            indent=2, sort_keys=True) + "\n")
-        digest = store_folder(registry, folder, kind=MANIFEST_KIND)
-        # Measured now, from the weights just trained, so `show --plot` needs no model.
-        record = chosen.after_training(scorer, run.job.data, prompt, name, [v.label for v in versions])
-        count = parameter_counts(scorer, versions)
-        fusion = fit_for_run(registry, run, fuse_with, target) if fuse_with is not None else None
-        registry.add_composition(
-            name, target, versions, artifact_digest=digest,
-            integrator_config={"method": method, "mode": scorer.config.mode,
-                               "popularity_prior": popularity_prior,
-                               **({method: stored_settings} if stored_settings is not None else {}),
-                               "parameters": count.as_dict(),
-                               **({"integration": record} if record else {}),
-                               **({"search": fitted["search"]} if fitted["search"] else {}),
-                               **({"fusion": fusion} if fusion else {})},
-            training_config=run.training_config(), metrics=run.metrics(),
-            trainable_parameters=count.integrator_parameters + count.head_parameters)
-        return name
-
+    :func:`~xcross_registry.auto_composition.auto_compose` chooses the sources and the
+    method on the target's validation users instead.  Everything is checked before a
+    model loads.  ``deadline`` bounds the run
+    (default: ``training_config.max_minutes`` from the run's start; the CLI passes one
+    from the command's start).  Under a multi-process launch every process trains, the
+    main process alone writes the artifacts and the registry row, and every process
+    returns that row."""
+    plan = plan_composition(registry, sources, target, name=name, method=method, mode=mode,
+                            settings=settings, popularity_prior=popularity_prior, fuse_with=fuse_with,
+                            training_config=training_config, template=template)
     return registry.composition(train_and_register(
-        registry, prepare, register, training_config, staging="compose", progress=progress,
+        registry, plan.prepare, plan.register, plan.training_config, staging="compose", progress=progress,
         should_stop=should_stop, deadline=deadline))
 
 

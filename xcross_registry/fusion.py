@@ -112,15 +112,23 @@ def ndcg_at_10(scores: np.ndarray) -> float:
 def check_id_model(registry: "Registry", name: str, domain: str) -> tuple[str, str]:
     """(canonical name, digest) of the stored ID model ``name`` to fuse with a text model
     of ``domain``, refused by name before any model loads when it cannot be."""
-    from .subjects import resolve_subject
+    from .baselines import stored_baseline
 
-    subject = resolve_subject(registry, name)
-    if subject.kind != "baseline" or subject.digest is None:
+    row = stored_baseline(registry, name)  # an unknown domain or version fails here
+    if row is None:
         raise ValidationError(f"--with needs a stored trained baseline (an ID model such as "
                               f"sasrec:{domain}@v1), not {name!r}")
-    if subject.domain != domain:
-        raise ValidationError(f"{subject.name} scores {subject.domain}, the model scores {domain}")
-    return subject.name, subject.digest
+    if row.domain.name != domain:
+        raise ValidationError(f"{row.label} scores {row.domain.name}, the model scores {domain}")
+    return row.label, row.artifact_digest
+
+
+def id_score_function(registry: "Registry", name: str) -> "ScoreFunction":
+    """The score function of the stored ID model ``name`` (``sasrec:DOMAIN@vN``)."""
+    from .baselines import BASELINES, stored_baseline
+
+    row = stored_baseline(registry, name)
+    return BASELINES[row.kind]().score_function(registry, row.domain.name, row.artifact_digest)
 
 
 def fit_fusion(registry: "Registry", text_score: "ScoreFunction", with_model: str, domain: str, *,
@@ -129,7 +137,6 @@ def fit_fusion(registry: "Registry", text_score: "ScoreFunction", with_model: st
     the stored ID model ``with_model`` on the allowed validation users; returns what is
     stored with the model: the :class:`Fusion` fields plus the users it was fitted on and
     the validation NDCG@10 of the text model, the ID model and the fusion there."""
-    from .subjects import load_subject
     from .training import allowed_validation_users, validation_set
 
     name, digest = check_id_model(registry, with_model, domain)
@@ -138,7 +145,7 @@ def fit_fusion(registry: "Registry", text_score: "ScoreFunction", with_model: st
                            negatives=negatives)
     if valid is None:
         raise ValidationError(f"fusing needs validation users of {domain}; it has none")
-    ids = np.asarray(load_subject(registry, name).score(data, "valid", valid.users, valid.candidates))
+    ids = np.asarray(id_score_function(registry, name)(data, "valid", valid.users, valid.candidates))
     text = np.asarray(text_score(data, "valid", valid.users, valid.candidates), dtype=np.float64)
     weight, unseen = fit(text, ids)
     fusion = Fusion(name, digest, weight, unseen)
@@ -165,14 +172,14 @@ def fused_score_function(registry: "Registry", text_score: "ScoreFunction",
                          stored: dict[str, Any]) -> Callable[..., np.ndarray]:
     """The score function of a stored fusion: the text model's and the ID model's scores
     of the same candidates, combined; the ID model must still be the one fitted with."""
-    from .subjects import load_subject, resolve_subject
+    from .baselines import stored_baseline
 
     fusion = Fusion.from_dict(stored)
-    subject = resolve_subject(registry, fusion.with_model)
-    if subject.digest != fusion.digest:
+    row = stored_baseline(registry, fusion.with_model)
+    if row is None or row.artifact_digest != fusion.digest:
         raise ModelError(f"the fusion was fitted with {fusion.with_model} of digest {fusion.digest[:12]}, "
-                         f"the registry now has {str(subject.digest)[:12]}")
-    ids_score = load_subject(registry, subject).score
+                         f"the registry now has {row.artifact_digest[:12] if row else 'no such model'}")
+    ids_score = id_score_function(registry, fusion.with_model)
 
     def score(data: "DomainData", split: str, users: Sequence[int], matrix, progress=None) -> np.ndarray:
         text = np.asarray(text_score(data, split, users, matrix, progress=progress), dtype=np.float64)
@@ -180,50 +187,3 @@ def fused_score_function(registry: "Registry", text_score: "ScoreFunction",
 
     return score
 
-
-def fuse(registry: "Registry", name: str, with_model: str, *, new_name: str | None = None,
-         valid_users: int | None = None) -> str:
-    """Fit a fusion of the registered model ``name`` (a composition or an adapter version,
-    not yet fused) with the stored ID model ``with_model``, and register the fused model as
-    its own row, sharing the text model's stored weights: a composition ``new_name``
-    (default ``NAME-KIND``, e.g. ``tools-x-sasrec``), or for an adapter the domain's next
-    version.  The fit uses the model's own run's fraction, seed and validation settings
-    (``valid_users`` overrides the cap).  Returns the new row's name or label."""
-    from .base_model import BaseModelInfo
-    from .registry import validate_name
-    from .subjects import load_subject, resolve_subject
-
-    subject = resolve_subject(registry, name)
-    if subject.kind == "baseline":
-        raise ValidationError(f"{name} is a baseline; fuse an adapter or a composition with an ID model")
-    if subject.record is not None and subject.record.fusion:
-        raise ValidationError(f"{subject.name} is already fused with {subject.record.fusion['with']}")
-    id_name, _ = check_id_model(registry, with_model, subject.domain)
-    training = subject.record.training if subject.record is not None else {}
-    if subject.kind == "composition":
-        new_name = validate_name(new_name or f"{subject.name}-{id_name.partition(':')[0]}", "composition")
-        registry.check_composition_name(new_name)
-    elif new_name is not None:
-        raise ValidationError("--name applies to compositions; a fused adapter is its domain's next version")
-    loaded = load_subject(registry, subject)
-    record = fit_fusion(registry, loaded.score, id_name, subject.domain,
-                        fraction=training.get("fraction", 1.0), seed=training.get("seed", 0),
-                        valid_users=valid_users or training.get("valid_users", 200),
-                        negatives=training.get("valid_negatives", 29))
-    if subject.kind == "composition":
-        row = registry.composition(subject.name)
-        registry.add_composition(
-            new_name, row.target_domain.name, [s.adapter for s in row.sources],
-            artifact_digest=row.artifact_digest, integrator_config={**row.integrator_config, "fusion": record},
-            training_config={**row.training_config, "fused_from": row.name}, metrics=row.metrics,
-            trainable_parameters=row.trainable_parameters)
-        return new_name
-    version = registry.adapter(subject.name)
-    base = version.base_model
-    info = BaseModelInfo(name=base.name, family=base.family, hidden_size=base.hidden_size,
-                         num_layers=base.num_layers, model_type=base.model_type)
-    return registry.add_adapter_version(
-        version.domain.name, info, artifact_digest=version.artifact_digest, lora_config=version.lora_config,
-        trainable_parameters=version.trainable_parameters,
-        training_config={**version.training_config, "fusion": record, "fused_from": version.label},
-        metrics=version.metrics, status=version.status).label

@@ -88,19 +88,14 @@ def signals_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def train_and_register(registry: "Registry", prepare: Callable[[], TrainingJob], register: Registrar,
-                       training_config: "TrainingConfig", *, staging: str = "train",
-                       progress: TrainingProgressArg = AUTO,
-                       should_stop: Callable[[], bool] | None = None,
-                       deadline: "Deadline | None" = None) -> str:
-    """Build a model with ``prepare``, train it, and register it with ``register``.
-
-    ``deadline`` bounds the run (default: ``training_config.max_minutes`` from this
-    call's start, so checking and building count too; the CLI passes one from the
-    command's start).  ``register`` runs in the main process only, inside a staging
-    folder that is removed afterwards whatever happens; every process returns the key
-    it returned."""
-    from .training import Deadline, is_main_process, train_scorer, wait_for_main
+def train_run(prepare: Callable[[], TrainingJob], training_config: "TrainingConfig", *,
+              progress: TrainingProgressArg = AUTO, should_stop: Callable[[], bool] | None = None,
+              deadline: "Deadline | None" = None) -> FinishedRun:
+    """Build a model with ``prepare`` and train it (SIGTERM unwinds the run as
+    :class:`TrainingInterrupted`); nothing is stored.  ``deadline`` bounds the run
+    (default: ``training_config.max_minutes`` from this call's start, so checking and
+    building count too; the CLI passes one from the command's start)."""
+    from .training import Deadline, train_scorer
 
     started = time.perf_counter()
     deadline = deadline or Deadline.for_config(training_config)
@@ -108,9 +103,28 @@ def train_and_register(registry: "Registry", prepare: Callable[[], TrainingJob],
     with signals_interrupt(), training_display(progress) as report:
         result = train_scorer(job.scorer, job.data, job.template, training_config, progress=report,
                               should_stop=should_stop, deadline=deadline)
-        key = None
-        if is_main_process():
-            with registry.store.staging_folder(staging) as folder:
-                key = register(folder, FinishedRun(job, training_config, result,
-                                                   time.perf_counter() - started))
+    return FinishedRun(job, training_config, result, time.perf_counter() - started)
+
+
+def register_run(registry: "Registry", register: Registrar, run: FinishedRun, *, staging: str = "train") -> str:
+    """Register a finished run with ``register``, in the main process only, inside a
+    staging folder that is removed afterwards whatever happens; every process returns
+    the key the main process registered."""
+    from .training import is_main_process, wait_for_main
+
+    key = None
+    if is_main_process():
+        with signals_interrupt(), registry.store.staging_folder(staging) as folder:
+            key = register(folder, run)
     return wait_for_main(key)
+
+
+def train_and_register(registry: "Registry", prepare: Callable[[], TrainingJob], register: Registrar,
+                       training_config: "TrainingConfig", *, staging: str = "train",
+                       progress: TrainingProgressArg = AUTO,
+                       should_stop: Callable[[], bool] | None = None,
+                       deadline: "Deadline | None" = None) -> str:
+    """Build a model with ``prepare``, train it, and register it with ``register``
+    (:func:`train_run`, then :func:`register_run`); returns the registered key."""
+    run = train_run(prepare, training_config, progress=progress, should_stop=should_stop, deadline=deadline)
+    return register_run(registry, register, run, staging=staging)

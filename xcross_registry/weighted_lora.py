@@ -112,9 +112,8 @@ class WeightedLoraEncoder(nn.Module):
 def load_lora_sources(sources: Sequence[Any]) -> list[LoraSource]:
     """The composition's stored source folders (``SourceAdapter``) as :class:`LoraSource`s."""
     from peft import LoraConfig
+    from peft.utils import SAFETENSORS_WEIGHTS_NAME
     from safetensors.torch import load_file
 
-    from .adapters import PEFT_WEIGHTS
-
-    return [LoraSource(load_file(str(s.folder / PEFT_WEIGHTS)), LoraConfig.from_pretrained(str(s.folder)),
-                       name=s.label) for s in sources]
+    return [LoraSource(load_file(str(s.folder / SAFETENSORS_WEIGHTS_NAME)),
+                       LoraConfig.from_pretrained(str(s.folder)), name=s.label) for s in sources]
