@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from xcross_registry.demo import DemoSettings, run_demo
@@ -18,6 +20,10 @@ def demo_registry(tmp_path, tiny_base_model, xreg_home):
     assert [(c["first"], c["second"]) for c in result.comparisons] == [
         ("tools-x", "tools@v1"), ("tools-x", "popularity:tools")]
     assert {c["users"] for c in result.comparisons} == {90}  # 60% of the target's 150 users
+    # the winner is compared with the runner-up, by test NDCG@10
+    board = {row["subject"]: row["metrics"]["ndcg@10"]["mean"] for row in leaderboard(result.registry, "tools")[0].rows}
+    ranked = sorted(board, key=lambda subject: -board[subject])
+    assert (result.winner["first"], result.winner["second"]) == (ranked[0], ranked[1])
     return result.registry
 
 
@@ -26,7 +32,7 @@ def test_demo_ends_with_one_comparable_board(demo_registry, tmp_path):
     assert len(boards) == 1
     board = boards[0]
     assert {row["subject"] for row in board.rows} == {
-        "tools-x", "tools-merge", "tools@v1", "toys@v1:zero-shot", "sports@v1:zero-shot",
+        "tools-x", "tools-merge", "tools-ties", "tools@v1", "toys@v1:zero-shot", "sports@v1:zero-shot",
         "popularity:tools"}
     kinds = {row["subject"]: row["kind"] for row in board.rows}
     assert kinds["tools-x"] == "composition" and kinds["tools@v1"] == "adapter"
@@ -53,7 +59,7 @@ def test_demo_command_prints_the_board_and_the_paired_differences(xreg, tiny_bas
     for column in ("kind", "mode", "prior", "fraction", "hit@1", "ndcg@10"):
         assert column in header
     rows = out[board:paired]
-    for subject in ("tools-x", "tools-merge", "tools@v1", "toys@v1:zero-shot",
+    for subject in ("tools-x", "tools-merge", "tools-ties", "tools@v1", "toys@v1:zero-shot",
                     "sports@v1:zero-shot", "popularity:tools"):
         assert subject in rows
     lines = out[paired:].splitlines()
@@ -69,6 +75,10 @@ def test_demo_command_prints_the_board_and_the_paired_differences(xreg, tiny_bas
         low, high = (float(bound) for bound in interval.strip("[]").split(", "))
         assert low <= float(difference) <= high
         assert verdict == ("better" if low > 0 else "worse" if high < 0 else "no clear difference")
+    winner = next(line for line in lines if line.startswith("winner: "))
+    name, difference, low, high, runner_up = re.fullmatch(
+        r"winner: (\S+) by NDCG@10, (\S+) \[(\S+), (\S+)\] over the runner-up (\S+) \(.*\)", winner).groups()
+    assert name != runner_up and float(low) <= float(difference) <= float(high)
     assert f"demo registry: XREG_HOME={home}" in out
 
 
@@ -82,6 +92,7 @@ def test_demo_json_and_its_documented_rates_and_seed(xreg, tiny_base, tmp_path):
     assert result.exit_code == 0, result.stderr
     as_json = result.json()
     assert [c["second"] for c in as_json["comparisons"]] == ["tools@v1", "popularity:tools"]
+    assert {"first", "second", "differences"} <= set(as_json["winner"])
     assert {"difference", "low", "high"} <= set(as_json["comparisons"][0]["differences"]["ndcg@10"])
     registry = Registry(url=f"sqlite:///{home / 'registry.db'}", artifacts=home / "artifacts")
     assert all("seed=1&" in domain.data_location for domain in registry.domains())
@@ -111,7 +122,7 @@ def test_leaderboard_cli_json_and_unknown_domain(xreg, demo_registry, monkeypatc
     monkeypatch.setenv("XREG_HOME", str(tmp_path / "demo"))
     result = xreg("leaderboard", "tools", "--json", "--plot", str(tmp_path / "b.png"))
     assert result.exit_code == 0, result.stderr
-    assert len(result.json()[0]["rows"]) == 6 and (tmp_path / "b.png").is_file()
+    assert len(result.json()[0]["rows"]) == 7 and (tmp_path / "b.png").is_file()
     missing = xreg("leaderboard", "nowhere")
     assert missing.exit_code == 1 and "unknown domain 'nowhere'" in missing.stderr
 
@@ -136,7 +147,7 @@ def test_by_fraction_groups_methods_and_averages_training_seeds(xreg, demo_regis
 
     points = {(p.method, p.fraction): p for p in efficiency(board)}
     # zero-shot sources and popularity do not depend on the fraction: not points
-    assert set(points) == {("xcross", 0.25), ("linear-merge", 0.25), ("lora", 0.25)}
+    assert set(points) == {("xcross", 0.25), ("linear-merge", 0.25), ("ties", 0.25), ("lora", 0.25)}
     xcross = points[("xcross", 0.25)]
     assert sorted(xcross.subjects) == ["tools-x", "tools-x-s1"] and sorted(xcross.seeds) == [0, 1]
     hits = [by_subject["tools-x"]["metrics"]["hit@1"]["mean"], second.metrics["hit@1"]["mean"]]
@@ -149,7 +160,7 @@ def test_by_fraction_groups_methods_and_averages_training_seeds(xreg, demo_regis
     assert result.exit_code == 0, result.stderr
     rows = result.json()[0]["rows"]
     assert [(r["method"], len(r["seeds"])) for r in rows] == [
-        ("linear-merge", 1), ("lora", 1), ("xcross", 2)]
+        ("linear-merge", 1), ("lora", 1), ("ties", 1), ("xcross", 2)]
 
 
 def test_integration_weights_plot(demo_registry, tmp_path):

@@ -134,6 +134,9 @@ def test_bad_fusions_are_one_line_and_register_nothing(xreg, fusable):
         result = xreg(*args)
         assert result.exit_code == 1 and result.stderr.startswith(message), (args, result.stderr)
     assert xreg("fuse", "tools-x", "--with", "sasrec:tools").exit_code == 0
+    served = xreg("recommend", "tools-x-sasrec", "--history", "a;b")
+    assert served.stderr == ("error: tools-x-sasrec is fused with sasrec:tools@v1: fused models are evaluated "
+                             "on the leaderboard; recommend with the unfused model\n")
     again = xreg("fuse", "tools-x-sasrec", "--with", "sasrec:tools")
     assert again.stderr == "error: tools-x-sasrec is already fused with sasrec:tools@v1\n"
     assert len(Registry().compositions()) == before + 1

@@ -785,7 +785,7 @@ def demo(
     boards = boards_module.leaderboard(result.registry, TARGET)
     if as_json:
         _emit_json({"home": str(folder), "leaderboard": [b.as_dict() for b in boards],
-                    "comparisons": result.comparisons})
+                    "comparisons": result.comparisons, "winner": result.winner})
         return
     for board in boards:
         _print_board(board, f"{TARGET} test split, {board.rows[0]['users']} users ({board.protocol})")
@@ -793,6 +793,10 @@ def demo(
            ["first − second", "metric", "difference", "95% interval", "verdict"],
            [[f"{c['first']} − {c['second']}", *row] for c in result.comparisons
             for row in _difference_rows(c, ("hit@1", "ndcg@10"))])
+    won = result.winner["differences"]["ndcg@10"]
+    print(f"winner: {result.winner['first']} by NDCG@10, {won['difference']:+.3f} [{won['low']:+.3f}, "
+          f"{won['high']:+.3f}] over the runner-up {result.winner['second']} "
+          f"({'an interval above zero' if won['low'] > 0 else 'level: the interval includes zero'})")
     print(f"demo registry: XREG_HOME={folder}")
 
 

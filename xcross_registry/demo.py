@@ -3,10 +3,11 @@
 Three synthetic domains (toys and sports as sources, tools as the new target with
 little data) on the bundled all-MiniLM-L6-v2: train the two source adapters, compose
 them with X-Cross on a quarter of the target's users, train the baselines on the same
-quarter (a target LoRA, a fixed linear merge of the sources) plus each source
-zero-shot and popularity, evaluate everything on the same stored candidates, and
-return the leaderboard with the paired differences that say whether X-Cross's lead
-is real.  Sized to finish in under five minutes on a 2-core CPU.
+quarter (a target LoRA, two static merges of the sources: PEFT's linear and TIES) plus
+each source zero-shot and popularity, evaluate everything on the same stored candidates,
+and return the leaderboard with the paired differences that say whether X-Cross's lead
+is real, and which model won and by how much.  Sized to finish in about five minutes on
+a 2-core CPU.
 
 Every trained row uses the recipe of docs/RESULTS.md (issue 11): in-batch negatives
 and the learned item-popularity prior.  The target domain is a new one: few training users
@@ -65,12 +66,13 @@ class DemoSettings:
 
 @dataclass
 class DemoResult:
-    """What the demo leaves behind: its registry, and X-Cross's paired differences to
-    the target LoRA and to popularity on the same test users (``evaluation.compare``
-    documents, in that order)."""
+    """What the demo leaves behind: its registry, X-Cross's paired differences to the
+    target LoRA and to popularity on the same test users (``evaluation.compare``
+    documents, in that order), and the winner's (the best NDCG@10) to the runner-up."""
 
     registry: Registry
     comparisons: list[dict]
+    winner: dict
 
 
 def demo_home(home: str | Path | None = None) -> Path:
@@ -129,14 +131,16 @@ def run_demo(home: Path, settings: DemoSettings | None = None,
     composer.compose(registry, list(SOURCES), TARGET, name=f"{TARGET}-x", settings=XCrossConfig(),
                      training_config=training(on_target=True, lr=settings.integrator_lr),
                      popularity_prior=True)
-    composer.compose(registry, list(SOURCES), TARGET, name=f"{TARGET}-merge", method="linear-merge",
-                     training_config=training(on_target=True), popularity_prior=True)
+    merges = {f"{TARGET}-merge": "linear-merge", f"{TARGET}-ties": "ties"}
+    for name, method in merges.items():
+        composer.compose(registry, list(SOURCES), TARGET, name=name, method=method,
+                         training_config=training(on_target=True), popularity_prior=True)
     target_lora = train_adapter(registry, TARGET, scorer_config=scorer,
                                 training_config=training(on_target=True),
                                 base_model=settings.base_model)
-    say(f"{elapsed()} trained {TARGET}-x and the baselines {TARGET}-merge (linear merge, head "
+    say(f"{elapsed()} trained {TARGET}-x and the baselines {' and '.join(merges)} (static merges, head "
         f"only) and {target_lora.label} (target LoRA on the same {settings.fraction:.0%})")
-    for name in (f"{TARGET}-x", f"{TARGET}-merge"):
+    for name in (f"{TARGET}-x", *merges):
         evaluation.evaluate_composition(registry, name)
     evaluation.evaluate_adapter(registry, target_lora.label)
     for domain in SOURCES:
@@ -145,4 +149,7 @@ def run_demo(home: Path, settings: DemoSettings | None = None,
     say(f"{elapsed()} evaluated everything on the same stored candidates of the tools test split")
     comparisons = [evaluation.compare(registry, TARGET, f"{TARGET}-x", other)
                    for other in (target_lora.label, f"popularity:{TARGET}")]
-    return DemoResult(registry=registry, comparisons=comparisons)
+    ranked = sorted((row for row in registry.evaluations(TARGET, "sampled") if row["split"] == "test"),
+                    key=lambda row: -row["metrics"]["ndcg@10"]["mean"])
+    winner = evaluation.compare(registry, TARGET, ranked[0]["subject"], ranked[1]["subject"])
+    return DemoResult(registry=registry, comparisons=comparisons, winner=winner)

@@ -120,6 +120,10 @@ class Subject:
         if self.kind == "baseline":
             raise ValidationError(f"{self.name} is a {self.method} baseline: it is evaluated on the "
                                   "leaderboard, but recommending needs an adapter or a composition")
+        if self.record is not None and self.record.fusion:
+            # The ID model scores users of a split, not a free history of titles (yet).
+            raise ValidationError(f"{self.name} is fused with {self.record.fusion['with']}: fused models are "
+                                  "evaluated on the leaderboard; recommend with the unfused model")
         self.check_scores()
 
     def require_catalogue_ranker(self, need: str, hint: str = "") -> None:
