@@ -26,8 +26,8 @@ MAX_TITLE_CHARS = 1000
 MAX_ITEMS_LISTED = 1000
 
 Title = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_TITLE_CHARS)]
-Protocol = Literal[PROTOCOLS]  # type: ignore[valid-type]  # the candidates module's table
-Split = Literal[SPLITS]  # type: ignore[valid-type]
+ProtocolName = Literal[PROTOCOLS]  # type: ignore[valid-type]  # the candidates module's table
+SplitName = Literal[SPLITS]  # type: ignore[valid-type]
 
 
 class RecommendRequest(BaseModel):
@@ -231,10 +231,12 @@ def cache_of(request: Request) -> ModelCache:
     return request.app.state.cache
 
 
-async def recommend_for(cache: ModelCache, body: RecommendRequest) -> tuple[Served, list]:
+async def recommend_for(cache: ModelCache, body: RecommendRequest,
+                        wait_s: float | None = None) -> tuple[Served, list]:
     """Load (or find) the subject, check the candidates against its catalogue, and wait
-    for the answer from the subject's micro-batcher."""
-    served = await cache.get(body.subject)
+    for the answer from the subject's micro-batcher.  A load still under way after
+    ``wait_s`` (default: the server's ``--load-wait``) is answered "still loading"."""
+    served = await cache.get(body.subject, wait_s)
     if body.candidates is None:
         require_catalogue_ranker(served.subject.name, served.model.scorer.config.mode,
                                  "whole-catalogue ranking", " (give candidates)")
@@ -309,7 +311,7 @@ def items(domain: str, request: Request, search: str | None = None,
 
 
 @router.get("/leaderboard/{domain}", response_model=list[Board], responses=ERRORS)
-def board(domain: str, request: Request, protocol: Protocol | None = None, split: Split | None = None,
+def board(domain: str, request: Request, protocol: ProtocolName | None = None, split: SplitName | None = None,
           candidates: str | None = None) -> list[dict[str, Any]]:
     """The domain's leaderboards, one per comparable group (data, split, protocol,
     candidates); ``candidates`` keeps the groups whose candidate-set digest starts with it."""
@@ -319,7 +321,7 @@ def board(domain: str, request: Request, protocol: Protocol | None = None, split
 
 @router.get("/compare/{domain}", response_model=Comparison, responses=ERRORS)
 def compare(domain: str, first: str, second: str, request: Request,
-            protocol: Protocol = "sampled") -> dict[str, Any]:
+            protocol: ProtocolName = "sampled") -> dict[str, Any]:
     """Paired bootstrap of FIRST minus SECOND on the same stored candidates (``xreg compare``)."""
     return with_verdicts(compare_results(cache_of(request).registry, domain, first, second, protocol))
 

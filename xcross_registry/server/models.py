@@ -181,7 +181,7 @@ class ModelCache:
     when it ends: the server log of ``xreg serve``."""
 
     def __init__(self, registry: Registry, max_models: int, batching: BatchingConfig,
-                 load_wait_s: float | None = LOAD_WAIT_S,
+                 load_wait_s: float = LOAD_WAIT_S,
                  log: Callable[[str], None] | None = None) -> None:
         self.registry = registry
         self.max_models = max_models
@@ -226,10 +226,10 @@ class ModelCache:
         except NotFoundError as exc:
             raise NotFoundError(f"unknown subject {name!r}: {exc}") from None
 
-    async def get(self, name: str, patient: bool = False) -> Served:
+    async def get(self, name: str, wait_s: float | None = None, patient: bool = False) -> Served:
         """The served model of subject ``name``, loading it if needed; a load that takes
-        longer than ``load_wait_s`` raises :class:`SubjectLoading` and goes on, unless
-        ``patient`` (``--preload``: wait for the load however long it takes)."""
+        longer than ``wait_s`` (default ``load_wait_s``) raises :class:`SubjectLoading`
+        and goes on, unless ``patient`` (``--preload``: wait however long it takes)."""
         subject = await self.resolve(name)
         subject.check_serves()
         key = subject.name
@@ -244,7 +244,8 @@ class ModelCache:
             self.loading[key] = LoadProgress(key, time.monotonic())
             load = self._loads[key] = asyncio.create_task(self._load_and_keep(subject))
         try:
-            return await asyncio.wait_for(asyncio.shield(load), None if patient else self.load_wait_s)
+            limit = None if patient else self.load_wait_s if wait_s is None else wait_s
+            return await asyncio.wait_for(asyncio.shield(load), limit)
         except asyncio.TimeoutError:
             raise SubjectLoading(self.loading[key]) from None
 

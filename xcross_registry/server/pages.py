@@ -49,6 +49,9 @@ _plot_lock = threading.Lock()  # pyplot keeps global state: one figure at a time
 _plots: dict[tuple, bytes] = {}
 EXAMPLE_HISTORY_ITEMS = 5
 ITEMS_SHOWN = 50
+# A person waits at most this long for a model's load before the page says it is loading
+# (with its progress) and reloads itself; API clients wait --load-wait.
+PAGE_LOAD_WAIT_S = 2.0
 
 
 def _page(request: Request, template: str, status: int = 200, headers: dict[str, str] | None = None,
@@ -217,7 +220,7 @@ async def try_page(subject: str, request: Request, history: str | None = None,
         body = RecommendRequest(subject=resolved.name, history=_lines(history),
                                 candidates=_lines(candidates) or None,
                                 top_k=int(top_k) if top_k.strip().isdigit() else 0)
-        served, ranked = await recommend_for(cache, body)
+        served, ranked = await recommend_for(cache, body, min(PAGE_LOAD_WAIT_S, cache.load_wait_s))
         context.update(ranked=ranked, matches=match_report(served.model, body.history))
     except SchemaError as exc:
         fields = dict.fromkeys(str(e["loc"][0]) for e in exc.errors())

@@ -53,9 +53,8 @@ class Names:
                           for kind, cls in BASELINES.items() if not cls.trained
                           for domain in self.domains})
         # How many training users each trained model saw (a fraction alone hides --max-users).
-        self.train_users = {row.label if hasattr(row, "label") else row.name:
-                            (row.metrics or {}).get("train_users")
-                            for row in [*adapters, *compositions, *baselines]}
+        trained = [(row.label, row) for row in [*adapters, *baselines]] + [(c.name, c) for c in compositions]
+        self.train_users = {name: (row.metrics or {}).get("train_users") for name, row in trained}
 
     def url(self, name: str) -> str | None:
         """The page of ``name``, or None for a name the registry does not know."""
