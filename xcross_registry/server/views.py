@@ -96,7 +96,6 @@ def boards_view(registry: Registry, domain: str, protocol: str | None, split: st
     filters = {"protocol": protocol or "", "split": split or "", "candidates": candidates or ""}
     return {"boards": views, "filters": filters, "protocols": PROTOCOLS, "splits": SPLITS,
             "sort": column if sort else "", "descending": descending, "columns": leaderboard.COLUMNS,
-            "sortable": list(leaderboard.SORT_KEYS),
             "sort_query": lambda key: board_query(
                 protocol, split, candidates, sort=key,
                 order="asc" if sort == key and descending else "desc") + "#leaderboard",
