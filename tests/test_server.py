@@ -595,8 +595,11 @@ def test_openapi_types_every_answer_and_docs_are_served_offline(server):
 
 
 def test_the_server_log_shows_loads_and_their_progress(server):
-    log = server.log.read_text()
-    assert "xreg serve: loading kitchen-x" in log and "xreg serve: kitchen-x loaded in " in log
+    log = server.log.read_text().splitlines()
+    preload = [line for line in log if "kitchen-x" in line]
+    assert preload[0] == "xreg serve: loading kitchen-x"
+    assert "xreg serve: kitchen-x: encoded 60 of 60 catalogue items" in preload  # a fresh registry
+    assert any(line.startswith("xreg serve: kitchen-x loaded in ") for line in preload)
 
 
 def test_a_loading_model_is_503_with_retry_after_and_shows_its_progress(served_registry, tmp_path):
