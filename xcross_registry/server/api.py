@@ -148,6 +148,8 @@ class DomainSummary(BaseModel):
 
 
 class DomainInfo(BaseModel):
+    model_config = ConfigDict(extra="allow")  # fields a later registry adds pass through
+
     name: str
     plugin: str
     plugin_version: str | None
@@ -174,6 +176,8 @@ class RunBrief(BaseModel):
 
 
 class BoardRow(BaseModel):
+    model_config = ConfigDict(extra="allow")  # facts a later evaluation records pass through
+
     subject: str
     kind: str = Field(description="adapter, composition or baseline")
     users: int
@@ -192,6 +196,8 @@ class BoardRow(BaseModel):
 
 class Board(BaseModel):
     """Results that can be compared: one data fingerprint, split, protocol and candidate set."""
+
+    model_config = ConfigDict(extra="allow")
 
     domain: str
     protocol: str
