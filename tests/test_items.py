@@ -55,3 +55,14 @@ def test_found_ids_and_titles_are_what_recommend_matches(toys):
 
     found = toys.find_items("toys", "kite")
     assert match_items(toys.domain_data("toys"), [found[0].title.upper(), found[1].id]) == found
+
+
+def test_a_title_prefix_needs_enough_words_to_stand_for_a_longer_text(toys):
+    """A cut catalogue title matches a longer text by its first words (tests/test_server.py
+    shows it on 4-word titles), but a 2-word title such as "red ball" does not capture
+    every text that starts with it."""
+    from xcross_registry.data import TITLE_PREFIX_MIN_WORDS, match_items
+
+    data = toys.domain_data("toys")
+    assert TITLE_PREFIX_MIN_WORDS == 4
+    assert [item.id for item in match_items(data, ["red ball for the garden", "Red Ball"])] == ["", "i0"]

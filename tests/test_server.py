@@ -81,6 +81,7 @@ class Client:
 
     def __init__(self, base: str) -> None:
         self.base = base
+        self.log: Path | None = None
 
     def request(self, method: str, path: str, body: bytes | None = None,
                 content_type: str = "application/json") -> tuple[int, bytes, str]:
@@ -112,10 +113,13 @@ def server(served_registry, tmp_path_factory):
     env.pop("XREG_DATABASE_URL", None)
     with open(log, "w") as output:
         process = subprocess.Popen(
+            # --load-wait: a first load on a busy machine is waited for, not answered 503
+            # (test_a_loading_model_is_503_with_retry_after covers that answer).
             xreg_command("serve", "--port", str(port), "--preload", "kitchen-x", "--max-models", "3",
-                         "--batch-wait-ms", "100"),
+                         "--batch-wait-ms", "100", "--load-wait", "300"),
             env=env, stdout=output, stderr=subprocess.STDOUT)
     client = Client(f"http://127.0.0.1:{port}")
+    client.log = log
     try:
         deadline = time.monotonic() + 300
         while True:
@@ -260,6 +264,9 @@ def test_subjects_domains_and_leaderboard(server):
     assert status == 200 and len(boards) == 1
     assert {row["subject"] for row in boards[0]["rows"]} == {"kitchen-x", "kitchen@v1", "popularity:kitchen"}
     assert server.get("/v1/leaderboard/kitchen?protocol=full") == (200, [])
+    assert server.get("/v1/leaderboard/kitchen?split=valid") == (200, [])
+    status, boards = server.get("/v1/leaderboard/kitchen?candidates=" + boards[0]["candidates_digest"][:8])
+    assert status == 200 and len(boards) == 1
     status, missing = server.get("/v1/leaderboard/nowhere")
     assert status == 404 and missing == {"error": "unknown domain 'nowhere'"}
 
@@ -361,11 +368,11 @@ def test_a_slow_load_does_not_hold_up_loaded_subjects(served_registry):
         gate, loads = threading.Event(), []
         original = cache._load
 
-        def gated_load(subject):
+        def gated_load(subject, progress):
             loads.append(subject.name)
             if subject.name == "toys@v1":
                 assert gate.wait(300)
-            return original(subject)
+            return original(subject, progress)
 
         cache._load = gated_load
 
@@ -406,15 +413,16 @@ def test_browser_pages_show_lineage_boards_and_escape_text(server):
     assert "popularity:kitchen" in domain
     composition = _html(server, "/compositions/kitchen-x")
     assert "toys@v1" in composition and 'id="integration-plot"' in composition
-    for plot in ("/plots/board/kitchen.png", "/plots/efficiency/kitchen.png",
-                 "/plots/integration/kitchen-x.png"):
+    for plot in ("/plots/board/kitchen.svg", "/plots/efficiency/kitchen.svg",
+                 "/plots/integration/kitchen-x.svg", "/plots/board/kitchen.svg?protocol=sampled"):
         status, body, kind = server.request("GET", plot)
-        assert status == 200 and kind == "image/png" and body[:8] == b"\x89PNG\r\n\x1a\n", plot
+        assert status == 200 and kind == "image/svg+xml" and b"<svg" in body[:1000], plot
     status, body, _ = server.request("GET", "/domains/nowhere")
     assert status == 404 and "unknown domain &#39;nowhere&#39;" in body.decode()
 
 
-def test_try_form_posts_a_history_and_lists_the_ranked_titles(server, library):
+def test_try_form_answers_a_history_in_its_url(server, library):
+    """The form submits by GET: a result is a URL that can be shared."""
     import html
 
     from xcross_registry import serving
@@ -422,17 +430,17 @@ def test_try_form_posts_a_history_and_lists_the_ranked_titles(server, library):
     model = library["kitchen-x"]
     history = _titles(model, [2, 9])
     assert "<textarea" in _html(server, "/try/kitchen-x")
-    form = urllib.parse.urlencode({"history": "\n".join(history), "top_k": "4"}).encode()
-    status, body, _ = server.request("POST", "/try/kitchen-x", form, "application/x-www-form-urlencoded")
-    assert status == 200
-    page = body.decode()
+    query = urllib.parse.urlencode({"history": "\n".join(history), "top_k": "4"})
+    page = _html(server, f"/try/kitchen-x?{query}")
     expected = serving.recommend(model, history, top=4)
     listed = page[page.index('<ol id="ranked">'):page.index("</ol>")]
     assert [html.unescape(t.split("</span>")[0]) for t in listed.split('<span class="title">')[1:]] == [
         r.title for r in expected]
-    status, body, _ = server.request("POST", "/try/kitchen-x", b"history=&top_k=4",
-                                     "application/x-www-form-urlencoded")
-    assert status == 422 and "at least 1 item" in body.decode()
+    for query, problem in (("history=&top_k=4", "History: give 1 to 200 item titles or ids"),
+                           ("history=a&top_k=0", "How many: a whole number from 1 to 1000.")):
+        status, body, _ = server.request("GET", f"/try/kitchen-x?{query}")
+        assert status == 422 and problem in body.decode()
+        assert "<h1>Try" in body.decode()  # the page keeps its heading and form after an error
 
 
 def test_serve_refuses_unknown_preload_and_a_busy_port(served_registry):
@@ -460,3 +468,209 @@ def test_other_commands_do_not_import_the_server(tmp_path):
              "print('LOADED=' + ','.join(m for m in ('fastapi', 'uvicorn', 'jinja2') if m in sys.modules))")
     result = run_subprocess([sys.executable, "-c", probe], env={"XREG_HOME": str(tmp_path)})
     assert "LOADED=\n" in result.stdout, result.stdout + result.stderr
+
+
+def test_recommend_reports_what_each_history_entry_matched(server, library):
+    """By id, by title (any case), by the catalogue's cut title (the entry's first words),
+    or not at all (free text); the report is what the model scored."""
+    from xcross_registry import serving
+
+    model = library["kitchen-x"]
+    items = model.data.items
+    titles = [item.title for item in items]
+    unique = [i for i in range(len(items)) if titles.count(titles[i]) == 1]
+    by_id, by_title, by_prefix = (items[i] for i in unique[:3])
+    history = [by_id.id, by_title.title.upper(), by_prefix.title + " with a tail the catalogue cut off",
+               "a free-text item"]
+    status, answer = server.post("/v1/recommend", {"subject": "kitchen-x", "history": history, "top_k": 5})
+    assert status == 200, answer
+    assert answer["history"] == [
+        {"entry": history[0], "matched": "id", "item_id": by_id.id, "title": by_id.title},
+        {"entry": history[1], "matched": "title", "item_id": by_title.id, "title": by_title.title},
+        {"entry": history[2], "matched": "title prefix", "item_id": by_prefix.id, "title": by_prefix.title},
+        {"entry": history[3], "matched": None, "item_id": None, "title": "a free-text item"}]
+    # The long entry is scored as the catalogue item it matched, and left out of the ranking.
+    _same(answer, serving.recommend(model, [by_id.id, by_title.title, by_prefix.title, history[3]], top=5))
+    assert by_prefix.id not in {item["item_id"] for item in answer["items"]}
+
+
+@pytest.mark.parametrize("path,message", [
+    ("/v1/leaderboard/kitchen?protocol=nope", "query.protocol: Input should be 'sampled', 'sampled-pop' or 'full'"),
+    ("/v1/leaderboard/kitchen?split=nope", "query.split: Input should be 'train', 'valid' or 'test'"),
+    ("/v1/compare/kitchen?first=kitchen-x&second=kitchen@v1&protocol=nope", "query.protocol"),
+    ("/v1/compare/kitchen?first=kitchen-x&second=nobody", "no sampled evaluation of 'nobody' on 'kitchen'"),
+    ("/v1/domains/kitchen/items?limit=0", "query.limit: Input should be greater than or equal to 1"),
+])
+def test_unknown_protocols_splits_and_subjects_are_422(server, path, message):
+    status, body = server.get(path)
+    assert status == 422 and message in body["error"], body
+
+
+def test_pages_refuse_unknown_board_parameters_with_422(server):
+    for path, message in (("/domains/kitchen?protocol=nope", "unknown evaluation protocol &#39;nope&#39;"),
+                          ("/domains/kitchen?split=nope", "unknown split &#39;nope&#39;"),
+                          ("/domains/kitchen?sort=nope", "cannot sort a board by &#39;nope&#39;"),
+                          ("/compare?domain=kitchen&a=kitchen-x&b=nobody", "no sampled evaluation")):
+        status, body, kind = server.request("GET", path)
+        assert status == 422 and kind.startswith("text/html") and message in body.decode(), path
+
+
+def test_compare_api_and_page_give_the_paired_differences(server, served_registry, monkeypatch):
+    from xcross_registry.evaluation import compare
+    from xcross_registry.registry import Registry
+
+    monkeypatch.setenv("XREG_HOME", str(served_registry))
+    expected = compare(Registry(), "kitchen", "kitchen-x", "popularity:kitchen")
+    status, answer = server.get("/v1/compare/kitchen?first=kitchen-x&second=popularity:kitchen")
+    assert status == 200 and answer["users"] == expected["users"] == 20
+    for name, d in expected["differences"].items():
+        assert answer["differences"][name]["difference"] == pytest.approx(d["difference"])
+        assert answer["differences"][name]["verdict"] in ("better", "worse", "no clear difference")
+    page = _html(server, "/compare?domain=kitchen&a=kitchen-x&b=popularity%3Akitchen")
+    assert f"{expected['differences']['ndcg@10']['difference']:+.4f}" in page
+
+
+def test_boards_sort_by_a_get_parameter(server):
+    import re
+
+    def subjects(page: str) -> list[str]:
+        table = page[page.index('<table class="board">'):]
+        table = table[:table.index("</table>")]
+        return re.findall(r'<tr><td><a href="[^"]+">([^<]+)</a>', table)
+
+    ascending = subjects(_html(server, "/domains/kitchen?sort=trainable&order=asc"))
+    descending = subjects(_html(server, "/domains/kitchen?sort=trainable&order=desc"))
+    assert ascending == ["popularity:kitchen", "kitchen-x", "kitchen@v1"]
+    assert descending == ["kitchen@v1", "kitchen-x", "popularity:kitchen"]
+
+
+def test_model_pages_show_runs_lineage_and_links(server):
+    adapter = _html(server, "/adapters/toys@v1")
+    assert 'href="/compositions/kitchen-x"' in adapter  # used by
+    assert 'href="/runs/toys@v1"' in adapter and "xreg export toys@v1 DIR" in adapter
+    assert 'href="/domains/toys"' in adapter
+    run = _html(server, "/runs/toys@v1")
+    assert "stop reason" in run and "completed" in run and "examples seen" in run
+    versions = _html(server, "/domains/tools")
+    assert 'href="/adapters/tools@v1"' in versions and 'href="/adapters/tools@v2"' in versions
+    assert 'href="/compositions/kitchen-x"' in versions  # used by: a composition on its adapter
+    baseline = _html(server, "/baselines/popularity:kitchen")
+    assert "Model-free" in baseline and 'id="results"' in baseline
+    assert 'href="/domains/kitchen?protocol=sampled&amp;split=test&amp;candidates=' in baseline
+    search = _html(server, "/search?q=kitchen")
+    for link in ('href="/compositions/kitchen-x"', 'href="/adapters/kitchen@v1"',
+                 'href="/baselines/popularity:kitchen"', 'href="/domains/kitchen"'):
+        assert link in search, link
+    items = _html(server, "/domains/kitchen/items?q=kitchen-00001")
+    assert "kitchen-00001" in items and 'href="/try/kitchen-x?history=' in items
+    status, body, _ = server.request("GET", "/adapters/toys@v9")
+    assert status == 404 and "toys@v9" in body.decode()
+
+
+def test_openapi_types_every_answer_and_docs_are_served_offline(server):
+    import re
+
+    status, schema = server.get("/openapi.json")
+    assert status == 200
+
+    def answer(path: str, code: str = "200", method: str = "get") -> str:
+        return json.dumps(schema["paths"][path][method]["responses"][code]["content"]["application/json"])
+
+    assert "SubjectInfo" in answer("/v1/subjects") and "DomainInfo" in answer("/v1/domains")
+    assert "Board" in answer("/v1/leaderboard/{domain}") and "Comparison" in answer("/v1/compare/{domain}")
+    assert "Readiness" in answer("/readyz", "503") and "ErrorResponse" in answer("/v1/recommend", "503", "post")
+    components = schema["components"]["schemas"]
+    assert {"loading", "loaded", "load_error"} <= set(components["SubjectInfo"]["properties"])
+    assert {"history", "items"} <= set(components["RecommendResponse"]["properties"])
+    assert "head" in schema["paths"]["/healthz"] and "head" in schema["paths"]["/readyz"]
+    for path in ("/healthz", "/readyz"):
+        assert server.request("HEAD", path)[0] == 200
+    status, body, kind = server.request("GET", "/docs")
+    page = body.decode()
+    assert status == 200 and kind.startswith("text/html") and "/openapi.json" in page
+    assert not re.search(r'(src|href|url)\s*[=:]\s*["\']https?://', page), "the docs page loads from elsewhere"
+    for asset in re.findall(r'["\'](/static/docs/[^"\']+)["\']', page):
+        assert server.request("GET", asset)[0] == 200, asset
+    assert server.request("GET", "/static/docs/swagger-ui-bundle.js")[0] == 200
+
+
+def test_the_server_log_shows_loads_and_their_progress(server):
+    log = server.log.read_text().splitlines()
+    preload = [line for line in log if "kitchen-x" in line]
+    assert preload[0] == "xreg serve: loading kitchen-x"
+    assert "xreg serve: kitchen-x: encoded 60 of 60 catalogue items" in preload  # a fresh registry
+    assert any(line.startswith("xreg serve: kitchen-x loaded in ") for line in preload)
+
+
+def test_a_loading_model_is_503_with_retry_after_and_shows_its_progress(served_registry, tmp_path):
+    """While a load is under way (the real load, held at its end by a gate), requests
+    get 503 with Retry-After at once, /v1/subjects and the pages show the progress, and
+    the first request after the load is answered."""
+    import shutil
+    import threading
+
+    import uvicorn
+
+    from xcross_registry.registry import Registry
+    from xcross_registry.server import ServerConfig, create_app
+
+    home = tmp_path / "home"
+    shutil.copytree(served_registry, home, ignore=shutil.ignore_patterns("cache"))  # encode anew
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("XREG_HOME", str(home))
+        plugins.reset()
+        app = create_app(ServerConfig(load_wait_s=0.2), Registry())
+        cache, gate = app.state.cache, threading.Event()
+        load = cache._load
+
+        def held_load(subject, progress):
+            model = load(subject, progress)
+            assert gate.wait(120)
+            return model
+
+        cache._load = held_load
+        port = _free_port()
+        server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+        thread = threading.Thread(target=server.run)
+        thread.start()
+        client = Client(f"http://127.0.0.1:{port}")
+        try:
+            deadline = time.monotonic() + 60
+            while not server.started:
+                assert time.monotonic() < deadline and thread.is_alive()
+                time.sleep(0.05)
+            request = urllib.request.Request(client.base + "/v1/recommend", method="POST",
+                                             data=json.dumps({"subject": "toys", "history": ["a"]}).encode(),
+                                             headers={"Content-Type": "application/json"})
+            with pytest.raises(urllib.error.HTTPError) as refused:
+                urllib.request.urlopen(request, timeout=60)
+            assert refused.value.code == 503
+            assert 1 <= int(refused.value.headers["Retry-After"]) <= 30
+            assert json.loads(refused.value.read())["error"].startswith("toys@v1 is loading (")
+            while True:  # the real encoding reports its progress
+                loading = {row["subject"]: row["loading"] for row in client.get("/v1/subjects")[1]}["toys@v1"]
+                if loading and loading["items_encoded"] == 60:
+                    break
+                assert time.monotonic() < deadline, loading
+                time.sleep(0.1)
+            assert loading["stage"] == "encoding the catalogue" and loading["items"] == 60
+            status, body, _ = client.request("GET", "/try/toys@v1?history=a")
+            page = body.decode()
+            assert status == 503 and 'http-equiv="refresh"' in page
+            assert "toys@v1 is loading (encoding the catalogue: 60 of 60 items)" in page
+            assert "loading: encoding the catalogue: 60 of 60 items" in _html(client, "/adapters/toys@v1")
+            gate.set()
+            while True:
+                status, answer = client.post("/v1/recommend", {"subject": "toys", "history": ["a"], "top_k": 3})
+                if status == 200:
+                    break
+                assert status == 503 and time.monotonic() < deadline, answer
+                time.sleep(0.1)
+            assert len(answer["items"]) == 3
+            assert {row["subject"]: row for row in client.get("/v1/subjects")[1]}["toys@v1"]["loading"] is None
+        finally:
+            gate.set()
+            server.should_exit = True
+            thread.join(60)
+            plugins.reset()
+    assert not thread.is_alive()

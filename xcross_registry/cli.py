@@ -670,6 +670,9 @@ def serve(
                                         help="How long a request waits for others to share its batch."),
     max_batch: int = typer.Option(32, "--max-batch", min=1, help="Most requests scored in one batch."),
     no_batching: bool = typer.Option(False, "--no-batching", help="Score every request alone."),
+    load_wait: float = typer.Option(10.0, "--load-wait", min=0, max=600, metavar="SECONDS",
+                                    help="How long a request waits for its model to load before "
+                                    "it is answered 503 with Retry-After (the load goes on)."),
 ) -> None:
     """Serve recommendations over HTTP (JSON API under /v1) and a registry browser at /."""
     from .server import BatchingConfig, ServerConfig
@@ -678,6 +681,7 @@ def serve(
     batching = (BatchingConfig(max_batch=1, wait_s=0.0) if no_batching
                 else BatchingConfig(max_batch=max_batch, wait_s=batch_wait_ms / 1000))
     run_server(ServerConfig(host=host, port=port, max_models=max_models, batching=batching,
+                            load_wait_s=load_wait,
                             preload=[n.strip() for n in (preload or "").split(",") if n.strip()]))
 
 
@@ -822,8 +826,9 @@ def compare(
 
 def _difference_rows(document: dict, metrics) -> list[list[str]]:
     """One row per metric of a paired comparison: difference, interval, verdict."""
-    return [[name, f"{d['difference']:+.4f}", f"[{d['low']:+.4f}, {d['high']:+.4f}]",
-             "better" if d["low"] > 0 else "worse" if d["high"] < 0 else "no clear difference"]
+    from .evaluation import verdict
+
+    return [[name, f"{d['difference']:+.4f}", f"[{d['low']:+.4f}, {d['high']:+.4f}]", verdict(d)]
             for name, d in document["differences"].items() if name in metrics]
 
 

@@ -169,12 +169,32 @@ def catalogue_keys(data: DomainData) -> dict[str, Item]:
     return by_key
 
 
+# Catalogues often cut titles (the Amazon files keep a title's first 8 words), so a
+# full title that matches no item exactly matches the item whose whole title is its
+# longest word prefix, if that prefix has at least this many words.
+TITLE_PREFIX_MIN_WORDS = 4
+
+
 def match_items(data: DomainData, texts: Sequence[str],
                 keys: dict[str, Item] | None = None) -> list[Item]:
-    """Catalogue items for titles or ids; text that matches nothing becomes a free item
+    """Catalogue items for titles or ids (any case; a title also by its cut form, see
+    :data:`TITLE_PREFIX_MIN_WORDS`); text that matches nothing becomes a free item
     (``id`` empty).  ``keys``: :func:`catalogue_keys` of ``data``, when already built."""
     by_key = catalogue_keys(data) if keys is None else keys
-    return [by_key.get(text.strip().lower(), Item(id="", title=text.strip())) for text in texts]
+    return [_match_item(by_key, text) for text in texts]
+
+
+def _match_item(by_key: dict[str, Item], text: str) -> Item:
+    key = text.strip().lower()
+    if key in by_key:
+        return by_key[key]
+    words = key.split()
+    for count in range(len(words) - 1, TITLE_PREFIX_MIN_WORDS - 1, -1):
+        prefix = " ".join(words[:count])
+        item = by_key.get(prefix)
+        if item is not None and item.title.strip().lower() == prefix:
+            return item
+    return Item(id="", title=text.strip())
 
 
 # ---- the data contract, checked on every loader's output ------------------------------

@@ -215,3 +215,11 @@ def compare(registry: Registry, domain: str, first: str, second: str,
         differences[name] = {"difference": float(delta.mean()), "low": low, "high": high}
     return {"domain": domain, "protocol": protocol, "first": first, "second": second,
             "users": int(len(users_a)), "differences": differences}
+
+
+def verdict(difference: dict) -> str:
+    """What a paired difference of :func:`compare` says: "better" or "worse" when its 95%
+    interval leaves zero out, else "no clear difference"."""
+    if difference["low"] > 0:
+        return "better"
+    return "worse" if difference["high"] < 0 else "no clear difference"

@@ -13,6 +13,8 @@ import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .candidates import check_protocol
+from .errors import ValidationError
 from .registry import Registry
 
 COLUMNS = ("hit@1", "hit@3", "hit@10", "ndcg@10", "mrr")
@@ -35,11 +37,20 @@ class Board:
                 "candidates_digest": self.candidates_digest, "rows": self.rows}
 
 
-def leaderboard(registry: Registry, domain: str, protocol: str | None = None) -> list[Board]:
-    """Boards for ``domain`` (newest group first), rows sorted by Hit@1 then NDCG@10."""
+def leaderboard(registry: Registry, domain: str, protocol: str | None = None,
+                split: str | None = None, candidates: str | None = None) -> list[Board]:
+    """Boards for ``domain`` (newest group first), rows sorted by Hit@1 then NDCG@10.
+
+    ``protocol`` and ``split`` keep only those boards (an unknown value is an error, not
+    an empty answer); ``candidates`` keeps the boards whose candidate-set digest starts
+    with it (a board's caption shows the first 12 characters)."""
     registry.domain(domain)  # unknown domains are an error, not an empty board
+    check_protocol(protocol or "sampled", split or "test")
     boards: dict[tuple, Board] = {}
     for row in registry.evaluations(domain, protocol):
+        if (split is not None and row["split"] != split) or (
+                candidates and not (row["candidates_digest"] or "").startswith(candidates)):
+            continue
         key = (row["protocol"], row["split"], row["data_fingerprint"], row["candidates_digest"],
                row["users"])
         board = boards.setdefault(key, Board(domain, row["protocol"], row["split"],
@@ -57,6 +68,31 @@ def leaderboard(registry: Registry, domain: str, protocol: str | None = None) ->
     for board in ordered:
         board.rows.sort(key=lambda r: (-r["metrics"]["hit@1"]["mean"], -r["metrics"]["ndcg@10"]["mean"]))
     return ordered
+
+
+# What a board can be sorted by (the CLI's columns): each row's value for the column.
+SORT_KEYS = {
+    "subject": lambda r: r["subject"],
+    "kind": lambda r: r["kind"],
+    "mode": lambda r: r["mode"],
+    "prior": lambda r: r["popularity_prior"],
+    "trainable": lambda r: r["trainable_parameters"],
+    "fraction": lambda r: r["fraction"],
+    "examples": lambda r: (r["run"] or {}).get("examples_seen"),
+    **{name: (lambda r, name=name: r["metrics"].get(name, {}).get("mean")) for name in COLUMNS},
+}
+
+
+def sort_rows(rows: list[dict], column: str, descending: bool) -> list[dict]:
+    """``rows`` ordered by ``column`` (a key of :data:`SORT_KEYS`); rows without a value
+    for it (a baseline's mode, a model-free row's run) come last either way."""
+    if column not in SORT_KEYS:
+        raise ValidationError(f"cannot sort a board by {column!r}; expected one of "
+                              f"{', '.join(SORT_KEYS)}")
+    key = SORT_KEYS[column]
+    present = [r for r in rows if key(r) is not None]
+    return (sorted(present, key=key, reverse=descending)
+            + [r for r in rows if key(r) is None])
 
 
 def plot(boards: list[Board], path: str | Path) -> Path:
@@ -79,8 +115,9 @@ def plot(boards: list[Board], path: str | Path) -> Path:
         axis.set_yticks(range(len(labels)), labels)
         axis.set_title(f"{board.domain}: {board.protocol} protocol, {board.split} split, "
                        f"{board.rows[0]['users']} users, data {board.data_fingerprint[:8]}, "
-                       f"candidates {str(board.candidates_digest)[:8]}", fontsize=9)
-        axis.legend(loc="lower right")
+                       f"candidates {str(board.candidates_digest)[:8]}", fontsize=9, loc="left")
+        # Above the axes, not over the bars: inside, it covered an error bar.
+        axis.legend(loc="lower right", bbox_to_anchor=(1.0, 1.02), ncol=2, fontsize=8, frameon=False)
     figure.tight_layout()
     path = Path(path)
     figure.savefig(path, dpi=120)
@@ -157,12 +194,14 @@ def plot_efficiency(boards: list[Board], path: str | Path,
             if fractions:
                 axis.set_xscale("log")
                 axis.set_xticks(fractions, [f"{f:g}" for f in fractions])
+                axis.set_xticks([], minor=True)  # log-scale minor labels (6×10⁻¹) crowd the fractions
             axis.set_xlabel("fraction of the target's training users")
             axis.set_ylabel(metric)
             axis.set_title(f"{board.domain}: {board.protocol}, {board.split}, {board.rows[0]['users']} users, "
                            f"candidates {str(board.candidates_digest)[:8]}", fontsize=8)
             axis.grid(alpha=0.3)
-            axis.legend(fontsize=7)
+            # Below the panel, not over its points and bars.
+            axis.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, frameon=False)
     figure.tight_layout()
     path = Path(path)
     figure.savefig(path, dpi=120)

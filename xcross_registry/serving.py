@@ -15,7 +15,7 @@ import hashlib
 import os
 import tempfile
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 
@@ -52,8 +52,12 @@ def load_model(registry: Registry, name: str, domain: str | None = None,
     return load_subject(registry, subject, template=template)
 
 
-def item_embeddings(model: LoadedSubject, batch_size: int = 256) -> torch.Tensor:
-    """The catalogue's item embeddings for a dual model, computed once and cached on disk."""
+def item_embeddings(model: LoadedSubject, batch_size: int = 256,
+                    progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
+    """The catalogue's item embeddings for a dual model, computed once and cached on disk.
+
+    ``progress(items encoded, items)`` follows the encoding besides the terminal bar
+    (the service shows a loading model's progress with it)."""
     from safetensors.torch import load_file, save_file
 
     key = hashlib.sha256(f"{model.digest}:{model.data.fingerprint()}:{model.template.key}"
@@ -66,9 +70,14 @@ def item_embeddings(model: LoadedSubject, batch_size: int = 256) -> torch.Tensor
                 return cached
         except Exception:  # a damaged cache is recomputed, never trusted
             pass
-    with torch.inference_mode(), task(f"encoding the {len(model.data.items)} catalogue items") as progress:
+    with torch.inference_mode(), task(f"encoding the {len(model.data.items)} catalogue items") as bar:
+        def update(done: int, total: int) -> None:
+            bar(done, total)
+            if progress is not None:
+                progress(done, total)
+
         embeddings = model.scorer.encode_items(model.data.items, model.template, batch_size,
-                                               progress=progress).float().cpu()
+                                               progress=update).float().cpu()
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
     os.close(fd)

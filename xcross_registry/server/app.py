@@ -15,12 +15,13 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
+from fastapi_offline import FastAPIOffline
 from starlette.exceptions import HTTPException
 
 from ..errors import NotFoundError, ValidationError, XregError
 from ..registry import Registry
 from . import api, pages
-from .models import BatchingConfig, ModelCache, SubjectUnavailable
+from .models import LOAD_WAIT_S, BatchingConfig, ModelCache, SubjectUnavailable
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 
@@ -36,8 +37,11 @@ class ServerConfig:
     preload: list[str] = field(default_factory=list)
     max_models: int = 4
     batching: BatchingConfig = field(default_factory=BatchingConfig)
+    load_wait_s: float = LOAD_WAIT_S  # a request waits this long for a load, then gets 503
 
     def __post_init__(self) -> None:
+        if not 0 <= self.load_wait_s <= 600:
+            raise ValidationError(f"--load-wait must be between 0 and 600 seconds, not {self.load_wait_s}")
         if self.max_models < 1:
             raise ValidationError(f"--max-models must be at least 1, not {self.max_models}")
         if len(self.preload) > self.max_models:
@@ -118,13 +122,14 @@ def _where(location: tuple) -> str:
 
 def create_app(config: ServerConfig, registry: Registry | None = None) -> FastAPI:
     """The FastAPI application for ``config`` over ``registry`` (default: $XREG_HOME's)."""
-    cache = ModelCache(registry or Registry(), config.max_models, config.batching)
+    cache = ModelCache(registry or Registry(), config.max_models, config.batching,
+                       load_wait_s=config.load_wait_s, log=_log)
     preload_state: dict[str, Any] = {"done": not config.preload}
 
     async def preload() -> None:
         for name in config.preload:
             with contextlib.suppress(XregError, SubjectUnavailable):
-                await cache.get(name)
+                await cache.get(name, patient=True)
         preload_state["done"] = True
 
     @contextlib.asynccontextmanager
@@ -135,9 +140,13 @@ def create_app(config: ServerConfig, registry: Registry | None = None) -> FastAP
             task.cancel()
         cache.shutdown()
 
-    app = FastAPI(title="xcross-registry", version="1", docs_url=None, redoc_url=None,
-                  description="Recommendations from registered X-Cross compositions and LoRA "
-                              "adapters, and a browser for the registry.", lifespan=lifespan)
+    # FastAPIOffline: FastAPI with /docs and /redoc served from the assets its package
+    # installs (FastAPI's own pages load them from a CDN); no validator badge either.
+    app = FastAPIOffline(title="xcross-registry", version="1", static_url="/static/docs",
+                         favicon_url="/static/favicon.svg",
+                         swagger_ui_parameters={"validatorUrl": None},
+                         description="Recommendations from registered X-Cross compositions and LoRA "
+                                     "adapters, and a browser for the registry.", lifespan=lifespan)
     app.state.cache = cache
     app.state.config = config
 
@@ -162,18 +171,23 @@ def create_app(config: ServerConfig, registry: Registry | None = None) -> FastAP
 
     @app.exception_handler(SubjectUnavailable)
     async def unavailable(request: Request, exc: SubjectUnavailable) -> JSONResponse:
-        return _error(503, str(exc))
+        response = _error(503, str(exc))
+        if exc.retry_after is not None:  # still loading: when to ask again
+            response.headers["Retry-After"] = str(exc.retry_after)
+        return response
 
     @app.exception_handler(XregError)
     async def user_error(request: Request, exc: XregError) -> JSONResponse:
         return _error(422, str(exc))
 
-    @app.get("/healthz", tags=["health"])
+    @app.api_route("/healthz", methods=["GET", "HEAD"], tags=["health"], response_model=api.Health)
     async def healthz() -> dict[str, str]:
         """The process answers."""
         return {"status": "ok"}
 
-    @app.get("/readyz", tags=["health"])
+    @app.api_route("/readyz", methods=["GET", "HEAD"], tags=["health"], response_model=api.Readiness,
+                   responses={503: {"model": api.Readiness, "description": "Not ready yet, or a "
+                                    "--preload subject failed to load."}})
     async def readyz() -> JSONResponse:
         """Ready once every --preload subject has been tried: 200 when all loaded, else 503."""
         failed = {name: message for name, message in cache.failures().items() if name in config.preload}
@@ -186,6 +200,11 @@ def create_app(config: ServerConfig, registry: Registry | None = None) -> FastAP
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     app.add_middleware(BodyLimit, limit=MAX_BODY_BYTES)
     return app
+
+
+def _log(line: str) -> None:
+    """The server log: loads and their progress, on stderr."""
+    print(f"xreg serve: {line}", file=sys.stderr, flush=True)
 
 
 def serve(config: ServerConfig) -> None:

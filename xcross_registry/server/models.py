@@ -1,11 +1,14 @@
 """Loaded subjects for the service: an LRU bounded by count, each with a micro-batcher.
 
 Loading a composition takes seconds (base model, stored sources, integrators) and a
-dual model's first load also encodes the catalogue, so loads run on a loader thread
-pool, one at a time per subject (an asyncio lock per name): a slow load never holds
-up requests for subjects that are already loaded, and concurrent first requests for
-one subject share a single load.  Scoring runs on one compute thread; the torch ops
-inside it use the machine's cores.
+dual model's first load also encodes the catalogue (minutes for 10k items on a busy
+CPU), so loads run as background tasks on a loader thread pool, one per subject: a
+slow load never holds up requests for subjects that are already loaded, concurrent
+first requests for one subject share a single load, and a request waits for a load
+at most ``load_wait_s`` before it is answered "still loading" (HTTP 503 with
+``Retry-After``) while the load goes on.  Each load keeps a :class:`LoadProgress`
+(catalogue items encoded of N) that ``/v1/subjects`` and the pages show.  Scoring runs
+on one compute thread; the torch ops inside it use the machine's cores.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import time
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 from ..errors import NotFoundError, XregError
 from ..registry import Registry
@@ -26,8 +29,57 @@ from ..subjects import LoadedSubject, Subject, resolve_subject
 FAILED_LOAD_RETRY_S = 30.0
 
 
+# A request waits this long for a load it started or found under way, then is answered
+# 503 "still loading" (the load goes on).
+LOAD_WAIT_S = 10.0
+PROGRESS_LOG_EVERY_S = 5.0
+
+
 class SubjectUnavailable(Exception):
     """A subject exists but its model cannot be loaded (HTTP 503 for that subject only)."""
+
+    retry_after: int | None = None
+
+
+@dataclass
+class LoadProgress:
+    """How far a subject's load is: reading the model, then (a catalogue ranker)
+    encoding its catalogue, ``done`` of ``total`` items.  Written by the loader thread,
+    read by requests."""
+
+    subject: str
+    started: float  # time.monotonic() when the load began
+    stage: str = "reading the model"
+    done: int = 0
+    total: int = 0
+
+    def describe(self) -> str:
+        if self.stage == "encoding the catalogue" and self.total:
+            return f"encoding the catalogue: {self.done:,} of {self.total:,} items"
+        return self.stage
+
+    def retry_after(self) -> int:
+        """Seconds a client had best wait: what the encoding rate so far leaves, within
+        1 to 30 s (2 s while there is no rate to go by)."""
+        elapsed = time.monotonic() - self.started
+        if not (self.done and self.total and elapsed > 0):
+            return 2
+        return max(1, min(30, round((self.total - self.done) * elapsed / self.done)))
+
+    def as_dict(self) -> dict:
+        return {"stage": self.stage, "items_encoded": self.done, "items": self.total,
+                "seconds": round(time.monotonic() - self.started, 1)}
+
+
+class SubjectLoading(SubjectUnavailable):
+    """The subject's load is under way and did not finish within the wait (HTTP 503
+    with ``Retry-After``)."""
+
+    def __init__(self, progress: LoadProgress) -> None:
+        super().__init__(f"{progress.subject} is loading ({progress.describe()}); "
+                         "try again shortly")
+        self.progress = progress
+        self.retry_after = progress.retry_after()
 
 
 @dataclass
@@ -123,16 +175,23 @@ class Served:
 
 
 class ModelCache:
-    """Subjects loaded on first use (or preloaded), at most ``max_models`` at a time."""
+    """Subjects loaded on first use (or preloaded), at most ``max_models`` at a time.
 
-    def __init__(self, registry: Registry, max_models: int, batching: BatchingConfig) -> None:
+    ``log`` receives a line when a load starts, as it encodes (every few seconds) and
+    when it ends: the server log of ``xreg serve``."""
+
+    def __init__(self, registry: Registry, max_models: int, batching: BatchingConfig,
+                 load_wait_s: float = LOAD_WAIT_S,
+                 log: Callable[[str], None] | None = None) -> None:
         self.registry = registry
         self.max_models = max_models
         self.batching = batching
+        self.load_wait_s = load_wait_s
+        self._log = log or (lambda line: None)
         self._loaded: OrderedDict[str, Served] = OrderedDict()
-        self._locks: dict[str, asyncio.Lock] = {}
+        self._loads: dict[str, asyncio.Task] = {}
         self._failed: dict[str, tuple[float, str]] = {}
-        self.loading: set[str] = set()
+        self.loading: dict[str, LoadProgress] = {}
         self._loader = ThreadPoolExecutor(max_workers=2, thread_name_prefix="xreg-load")
         self._compute = ThreadPoolExecutor(max_workers=1, thread_name_prefix="xreg-score")
 
@@ -147,6 +206,18 @@ class ModelCache:
     def failures(self) -> dict[str, str]:
         return {name: message for name, (_, message) in self._failed.items()}
 
+    def state(self, name: str) -> dict | None:
+        """Where subject ``name`` stands: ``{"status": "loaded" | "loading" | "failed", ...}``
+        with a load's progress or a failure's message; ``None`` when it was never asked for."""
+        if name in self._loaded:
+            return {"status": "loaded"}
+        if name in self.loading:
+            return {"status": "loading", "progress": self.loading[name].as_dict(),
+                    "describe": self.loading[name].describe()}
+        if name in self._failed:
+            return {"status": "failed", "error": self._failed[name][1]}
+        return None
+
     async def resolve(self, name: str) -> Subject:
         """The registry's record of ``name`` (NotFoundError/ValidationError for a bad name)."""
         try:
@@ -155,47 +226,74 @@ class ModelCache:
         except NotFoundError as exc:
             raise NotFoundError(f"unknown subject {name!r}: {exc}") from None
 
-    async def get(self, name: str) -> Served:
-        """The served model of subject ``name``, loading it if needed."""
+    async def get(self, name: str, wait_s: float | None = None, patient: bool = False) -> Served:
+        """The served model of subject ``name``, loading it if needed; a load that takes
+        longer than ``wait_s`` (default ``load_wait_s``) raises :class:`SubjectLoading`
+        and goes on, unless ``patient`` (``--preload``: wait however long it takes)."""
         subject = await self.resolve(name)
         subject.check_serves()
         key = subject.name
         if key in self._loaded:
             self._loaded.move_to_end(key)
             return self._loaded[key]
-        async with self._locks.setdefault(key, asyncio.Lock()):
-            if key in self._loaded:  # loaded by the request we waited for
-                self._loaded.move_to_end(key)
-                return self._loaded[key]
+        load = self._loads.get(key)
+        if load is None:
             failed = self._failed.get(key)
             if failed is not None and time.monotonic() - failed[0] < FAILED_LOAD_RETRY_S:
                 raise SubjectUnavailable(failed[1])
-            self.loading.add(key)
-            try:
-                model = await asyncio.get_running_loop().run_in_executor(
-                    self._loader, self._load, subject)
-            except NotFoundError:
-                raise
-            except (XregError, OSError, RuntimeError, ValueError) as exc:
-                message = f"{key} cannot be loaded: {exc}"
-                self._failed[key] = (time.monotonic(), message)
-                raise SubjectUnavailable(message) from exc
-            finally:
-                self.loading.discard(key)
-            self._failed.pop(key, None)
-            served = Served(subject, model, MicroBatcher(model, self._compute, self.batching))
-            self._loaded[key] = served
-            while len(self._loaded) > self.max_models:
-                _, evicted = self._loaded.popitem(last=False)
-                evicted.batcher.close()  # in-flight requests still get their answers
-            return served
+            self.loading[key] = LoadProgress(key, time.monotonic())
+            load = self._loads[key] = asyncio.create_task(self._load_and_keep(subject))
+        try:
+            limit = None if patient else self.load_wait_s if wait_s is None else wait_s
+            return await asyncio.wait_for(asyncio.shield(load), limit)
+        except asyncio.TimeoutError:
+            raise SubjectLoading(self.loading[key]) from None
 
-    def _load(self, subject: Subject) -> LoadedSubject:
+    async def _load_and_keep(self, subject: Subject) -> Served:
+        key = subject.name
+        progress = self.loading[key]
+        self._log(f"loading {key}")
+        try:
+            model = await asyncio.get_running_loop().run_in_executor(
+                self._loader, self._load, subject, progress)
+        except NotFoundError:
+            raise
+        except (XregError, OSError, RuntimeError, ValueError) as exc:
+            message = f"{key} cannot be loaded: {exc}"
+            self._failed[key] = (time.monotonic(), message)
+            self._log(message)
+            raise SubjectUnavailable(message) from exc
+        finally:
+            self.loading.pop(key, None)
+            self._loads.pop(key, None)
+        self._failed.pop(key, None)
+        self._log(f"{key} loaded in {time.monotonic() - progress.started:.1f} s")
+        served = Served(subject, model, MicroBatcher(model, self._compute, self.batching))
+        self._loaded[key] = served
+        while len(self._loaded) > self.max_models:
+            _, evicted = self._loaded.popitem(last=False)
+            evicted.batcher.close()  # in-flight requests still get their answers
+        return served
+
+    def _load(self, subject: Subject, progress: LoadProgress) -> LoadedSubject:
         model = load_model(self.registry, subject.name)
         if model.scorer.mode.ranks_catalogue:
-            item_embeddings(model)  # computed (or read from the cache) now, not by a request
+            # Computed (or read from the cache) now, not by a request.
+            progress.stage, progress.total = "encoding the catalogue", len(model.data.items)
+            logged = [time.monotonic()]
+
+            def encoded(done: int, total: int) -> None:
+                progress.done = done
+                now = time.monotonic()
+                if now - logged[0] >= PROGRESS_LOG_EVERY_S or done == total:
+                    logged[0] = now
+                    self._log(f"{subject.name}: encoded {done:,} of {total:,} catalogue items")
+
+            item_embeddings(model, progress=encoded)
         return model
 
     def shutdown(self) -> None:
+        for load in self._loads.values():
+            load.cancel()
         self._loader.shutdown(wait=False, cancel_futures=True)
         self._compute.shutdown(wait=False, cancel_futures=True)
