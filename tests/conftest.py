@@ -174,3 +174,19 @@ def synthetic_domains(xreg):
                       f"{name}?users=120&items=60&max_len=8")
         assert result.exit_code == 0, result.stderr
     return ("toys", "tools")
+
+
+# A training run of a few steps: what the composition tests need from a trained model.
+QUICK_STEPS = ["--max-steps", "2", "--max-users", "16", "--batch-size", "8", "--negatives", "3"]
+
+
+@pytest.fixture
+def dual_sources(xreg, synthetic_domains, tiny_base):
+    """toys and sports adapters (dual mode) on the tiny base; tools is their target."""
+    assert xreg("add-domain", "sports", "--plugin", "synthetic", "--data",
+                "sports?users=120&items=60&max_len=8").exit_code == 0
+    for domain in ("toys", "sports"):
+        result = xreg("train-adapter", domain, *QUICK_STEPS, "--valid-users", "12", "--mode", "dual",
+                      "--max-length", "32", "--base-model", tiny_base)
+        assert result.exit_code == 0, result.stderr
+    return ("toys", "sports")

@@ -66,7 +66,7 @@ def test_built_in_methods_and_their_flags():
     config = XCrossConfig(beta=0.5, gamma=2.0, per_token=False)
     assert xcross.settings_from_json(xcross.settings_to_json(xcross.settings(config))) == config
     assert xcross.settings({"beta": 0.5, "gamma": 2.0, "per_token": False}) == config
-    with pytest.raises(ValidationError, match="must be an XCrossConfig or a dict"):
+    with pytest.raises(ValidationError, match="^xcross settings must be XCrossConfig or a dict, not list$"):
         xcross.settings([1.0])
     with pytest.raises(ValidationError, match="unknown X-Cross setting"):
         xcross.settings({"betta": 1})

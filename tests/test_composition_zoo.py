@@ -6,25 +6,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from conftest import QUICK_STEPS
 from xcross_registry.composer import load_composition
 from xcross_registry.registry import Registry
 from xcross_registry.scoring import hit_and_ndcg_per_user, score_candidates
 from xcross_registry.training import allowed_validation_users, validation_set
 
-QUICK = ["--max-steps", "2", "--max-users", "16", "--batch-size", "8", "--negatives", "3",
-         "--valid-users", "12"]
-
-
-@pytest.fixture
-def dual_sources(xreg, synthetic_domains, tiny_base):
-    """toys and sports adapters (dual mode) on the tiny base; tools is the target."""
-    assert xreg("add-domain", "sports", "--plugin", "synthetic", "--data",
-                "sports?users=120&items=60&max_len=8").exit_code == 0
-    for domain in ("toys", "sports"):
-        result = xreg("train-adapter", domain, *QUICK, "--mode", "dual", "--max-length", "32",
-                      "--base-model", tiny_base)
-        assert result.exit_code == 0, result.stderr
-    return ("toys", "sports")
+QUICK = [*QUICK_STEPS, "--valid-users", "12"]
 
 
 def compose(xreg, method: str, name: str, *extra: str) -> dict:

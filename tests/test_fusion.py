@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from conftest import QUICK_STEPS
 from xcross_registry.composer import load_composition
 from xcross_registry.fusion import Fusion, fit, standardised
 from xcross_registry.registry import Registry
@@ -12,8 +13,7 @@ from xcross_registry.scoring import score_candidates
 from xcross_registry.subjects import load_subject
 from xcross_registry.training import allowed_validation_users
 
-QUICK = ["--max-steps", "2", "--max-users", "16", "--batch-size", "8", "--negatives", "3",
-         "--valid-users", "20"]
+QUICK = [*QUICK_STEPS, "--valid-users", "20"]
 UNSEEN = -1.0e9
 
 
@@ -48,14 +48,8 @@ def test_fit_weights_an_informative_id_model_and_ignores_a_noisy_one():
 
 
 @pytest.fixture
-def fusable(xreg, synthetic_domains, tiny_base):
+def fusable(xreg, dual_sources):
     """Dual toys and sports adapters, and a SASRec of the target tools."""
-    assert xreg("add-domain", "sports", "--plugin", "synthetic", "--data",
-                "sports?users=120&items=60&max_len=8").exit_code == 0
-    for domain in ("toys", "sports"):
-        result = xreg("train-adapter", domain, *QUICK, "--mode", "dual", "--max-length", "32",
-                      "--base-model", tiny_base)
-        assert result.exit_code == 0, result.stderr
     trained = xreg("train-baseline", "sasrec", "tools", "--epochs", "3", "--hidden-size", "16",
                    "--fraction", "0.5")
     assert trained.exit_code == 0, trained.stderr

@@ -18,7 +18,7 @@ from the base before routing.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Sequence
 
 from ..errors import ModelError, ValidationError, refuse_unknown_fields
@@ -64,21 +64,7 @@ class ArrowMethod(CompositionMethod):
     subject_kind = "baseline"
     default_suffix = "arrow"
     has_integrators = False
-
-    def settings(self, given: Any | None) -> ArrowSettings:
-        if given is None:
-            return ArrowSettings()
-        if isinstance(given, dict):
-            return ArrowSettings.from_dict(given)
-        if not isinstance(given, ArrowSettings):
-            raise ValidationError(f"arrow settings must be ArrowSettings or a dict, not {type(given).__name__}")
-        return given
-
-    def settings_to_json(self, settings: ArrowSettings) -> dict[str, Any]:
-        return asdict(settings)
-
-    def settings_from_json(self, stored: dict[str, Any] | None) -> ArrowSettings:
-        return ArrowSettings.from_dict(stored or {})
+    settings_class = ArrowSettings
 
     def build_encoder(self, model: "nn.Module", sources: Sequence["SourceAdapter"],
                       settings: ArrowSettings) -> "nn.Module":

@@ -3,9 +3,11 @@ composer hands it.  Torch-free: the methods' table is read by listing commands."
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Sequence
+
+from ..errors import ValidationError
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
@@ -43,24 +45,37 @@ class FitContext:
 
 class CompositionMethod:
     """What the composer needs from a composition method (subclass it; the defaults say
-    "no settings, nothing fitted, nothing recorded")."""
+    "no settings, nothing fitted, nothing recorded", or with ``settings_class`` "these
+    settings, stored as JSON")."""
 
     name: ClassVar[str]  # the --method value, stored with the composition
     subject_kind: ClassVar[str]  # what leaderboards call it: "composition" or "baseline"
     default_suffix: ClassVar[str]  # default composition name: TARGET-SUFFIX
     has_integrators: ClassVar[bool]  # it trains integrators whose weights can be shown
+    # A dataclass of the settings with a strict ``from_dict`` (None: no settings).
+    settings_class: ClassVar[type | None] = None
 
     def settings(self, given: Any | None) -> Any | None:
         """The method's settings from what the caller gave (None: the defaults; a dict of
         the settings' fields, as ``xreg compose --set KEY=VALUE`` gives them)."""
-        return None
+        cls = self.settings_class
+        if cls is None:
+            return None
+        if given is None:
+            return cls()
+        if isinstance(given, dict):
+            return cls.from_dict(given)
+        if not isinstance(given, cls):
+            raise ValidationError(f"{self.name} settings must be {cls.__name__} or a dict, "
+                                  f"not {type(given).__name__}")
+        return given
 
     def settings_to_json(self, settings: Any | None) -> dict[str, Any] | None:
         """Settings as stored with the composition (None: nothing to store)."""
-        return None
+        return None if settings is None else asdict(settings)
 
     def settings_from_json(self, stored: dict[str, Any] | None) -> Any | None:
-        return None
+        return self.settings(stored or {}) if self.settings_class is not None else None
 
     def build_encoder(self, model: "nn.Module", sources: Sequence[SourceAdapter],
                       settings: Any | None) -> "nn.Module":

@@ -10,7 +10,7 @@ when an encoder is built (:mod:`xcross_registry.weighted_lora`).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Sequence
 
 from ..errors import ValidationError, refuse_unknown_fields
@@ -45,22 +45,7 @@ class LearnedMergeMethod(CompositionMethod):
     subject_kind = "baseline"
     default_suffix = "learned-merge"
     has_integrators = False
-
-    def settings(self, given: Any | None) -> LearnedMergeSettings:
-        if given is None:
-            return LearnedMergeSettings()
-        if isinstance(given, dict):
-            return LearnedMergeSettings.from_dict(given)
-        if not isinstance(given, LearnedMergeSettings):
-            raise ValidationError(f"learned-merge settings must be LearnedMergeSettings or a dict, "
-                                  f"not {type(given).__name__}")
-        return given
-
-    def settings_to_json(self, settings: LearnedMergeSettings) -> dict[str, Any]:
-        return asdict(settings)
-
-    def settings_from_json(self, stored: dict[str, Any] | None) -> LearnedMergeSettings:
-        return LearnedMergeSettings.from_dict(stored or {})
+    settings_class = LearnedMergeSettings
 
     def build_encoder(self, model: "nn.Module", sources: Sequence["SourceAdapter"],
                       settings: LearnedMergeSettings) -> "nn.Module":

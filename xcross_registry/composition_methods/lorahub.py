@@ -84,22 +84,7 @@ class LoraHubMethod(CompositionMethod):
     subject_kind = "baseline"
     default_suffix = "lorahub"
     has_integrators = False
-
-    def settings(self, given: Any | None) -> LoraHubSettings:
-        if given is None:
-            return LoraHubSettings()
-        if isinstance(given, dict):
-            return LoraHubSettings.from_dict(given)
-        if not isinstance(given, LoraHubSettings):
-            raise ValidationError(f"lorahub settings must be LoraHubSettings or a dict, "
-                                  f"not {type(given).__name__}")
-        return given
-
-    def settings_to_json(self, settings: LoraHubSettings) -> dict[str, Any]:
-        return asdict(settings)
-
-    def settings_from_json(self, stored: dict[str, Any] | None) -> LoraHubSettings:
-        return LoraHubSettings.from_dict(stored or {})
+    settings_class = LoraHubSettings
 
     def build_encoder(self, model: "nn.Module", sources: Sequence["SourceAdapter"],
                       settings: LoraHubSettings) -> "nn.Module":

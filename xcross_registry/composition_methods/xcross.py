@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Sequence
 
-from ..errors import ValidationError
 from ..xcross.config import XCrossConfig
 from .interface import CompositionMethod
 
@@ -31,21 +30,7 @@ class XCrossMethod(CompositionMethod):
     subject_kind = "composition"
     default_suffix = "x"
     has_integrators = True
-
-    def settings(self, given: Any | None) -> XCrossConfig:
-        if given is None:
-            return XCrossConfig()
-        if isinstance(given, dict):
-            return XCrossConfig.from_dict(given)
-        if not isinstance(given, XCrossConfig):
-            raise ValidationError(f"X-Cross settings must be an XCrossConfig or a dict, not {type(given).__name__}")
-        return given
-
-    def settings_to_json(self, settings: XCrossConfig) -> dict[str, Any]:
-        return settings.to_dict()
-
-    def settings_from_json(self, stored: dict[str, Any] | None) -> XCrossConfig:
-        return XCrossConfig.from_dict(stored) if stored else XCrossConfig()
+    settings_class = XCrossConfig
 
     def validates_start(self, settings: XCrossConfig) -> bool:
         """From the mix, the untrained composition is the equal mix of the sources: kept
