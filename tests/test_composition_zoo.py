@@ -64,7 +64,11 @@ def test_learned_merge_records_its_weights_and_reloads(xreg, dual_sources):
     assert validation_ndcg(Registry(), "tools-lm", 1.0) == pytest.approx(
         document["metrics"]["validation"]["ndcg@10"], abs=1e-9)
     shown = xreg("show", "tools-lm")
-    assert shown.exit_code == 0 and "learned-merge" in shown.stdout
+    assert shown.exit_code == 0 and "learned weights (toys@v1, sports@v1)" in shown.stdout
+    # served like any composition: a whole-catalogue recommendation from a history
+    served = xreg("recommend", "tools-lm", "--history", "tools item 1; tools item 2", "--top", "3", "--json")
+    assert served.exit_code == 0, served.stderr
+    assert len(served.json()) == 3
 
 
 def test_xcross_from_the_mix_validates_its_start_and_keeps_the_better(xreg, dual_sources):
