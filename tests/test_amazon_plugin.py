@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import time
 from pathlib import Path
 
 import pluggy
@@ -225,9 +224,7 @@ def test_real_amazon18_counts(domain, items, test_users, train_valid_users, inte
     folder = AMAZON18 / domain
     if not folder.is_dir():
         pytest.skip(f"real data not present at {folder} (see ../shared/data/README.md)")
-    started = time.perf_counter()
-    data = xreg_amazon.load(str(folder))
-    assert time.perf_counter() - started < 3.0
+    data = xreg_amazon.load(str(folder))  # its time: benchmarks/amazon_load.py
     summary = data.summary()
     assert summary["items"] == items
     assert summary["users"]["test"] == test_users
