@@ -20,6 +20,7 @@ from typing import Any, Optional
 import typer
 
 from .errors import ValidationError, XregError
+from .safe_text import mask_urls_in, terminal_safe
 
 # Plain click help and errors (rich_markup_mode=None): a usage error is click's usage
 # line plus one "Error:" line, flags show as flags, and no rich traceback is ever drawn.
@@ -90,11 +91,11 @@ def _bold(head: str, rest: str):
 def _table(title: str, columns: list[str], rows: list[list[Any]]) -> None:
     from rich.table import Table
 
-    table = Table(title=title)
+    table = Table(title=terminal_safe(title))
     for column in columns:
         table.add_column(column)
-    for row in rows:
-        table.add_row(*("" if value is None else str(value) for value in row))
+    for row in rows:  # cells are data: titles, descriptions, plugin errors
+        table.add_row(*("" if value is None else terminal_safe(str(value)) for value in row))
     _console().print(table)
 
 
@@ -119,7 +120,7 @@ def plugins(as_json: bool = JSON_OPTION) -> None:
     loaded = get_plugins()
     infos = [info.as_dict(loaded.domain_types) for info in loaded.plugins.values()]
     for warning in loaded.warnings():
-        print(f"warning: {warning}", file=sys.stderr)
+        print(f"warning: {terminal_safe(str(warning))}", file=sys.stderr)
     if loaded.not_allowed:
         print("note: installed but not allowed by XREG_LOAD_PLUGINS: "
               + ", ".join(sorted(loaded.not_allowed)), file=sys.stderr)
@@ -273,7 +274,7 @@ def _warnings_as_lines():
 
     def one_line(message, category, filename, lineno, file=None, line=None):
         if issubclass(category, XregWarning):
-            print(f"warning: {message}", file=sys.stderr)
+            print(f"warning: {terminal_safe(str(message))}", file=sys.stderr)
         else:
             show(message, category, filename, lineno, file, line)
 
@@ -887,6 +888,7 @@ def _print_domain(d: dict, as_json: bool = False) -> None:
     if as_json:
         _emit_json(d)
         return
+    d = terminal_safe(d)
     summary = d["summary"]
     lengths = summary.get("sequence_length", {})
     console = _console()
@@ -911,6 +913,7 @@ def _print_adapter(a: dict, as_json: bool = False) -> None:
     if as_json:
         _emit_json(a)
         return
+    a = terminal_safe(a)
     console = _console()
     training = a["training_config"] or {}
     console.print(_bold(f"{a['domain']}@v{a['version']}",
@@ -929,6 +932,7 @@ def _print_baseline_model(b: dict, as_json: bool = False) -> None:
     if as_json:
         _emit_json(b)
         return
+    b = terminal_safe(b)
     console = _console()
     settings, run, measured = b["training_config"]["training"], b["training_config"]["run"], b["metrics"]
     console.print(_bold(b["name"], f": {b['kind']} baseline of {b['domain']}, "
@@ -947,6 +951,7 @@ def _print_composition(c: dict, as_json: bool = False) -> None:
     if as_json:
         _emit_json(c)
         return
+    c = terminal_safe(c)
     console = _console()
     console.print(_bold(c["name"], f": {c['method']} ({c['mode']}) of "
                         f"{', '.join(s['adapter'] for s in c['sources'])} for {c['target']}"))
@@ -988,7 +993,7 @@ def main() -> None:
         code = app(standalone_mode=False, prog_name="xreg")
     except XregError as exc:
         _debug_traceback()
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {terminal_safe(str(exc))}", file=sys.stderr)  # URLs masked where raised
         sys.exit(1)
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
@@ -1001,7 +1006,7 @@ def main() -> None:
             print("error: aborted", file=sys.stderr)
             sys.exit(1)
         _debug_traceback()
-        print(f"error: unexpected {type(exc).__name__}: {exc} "
+        print(f"error: unexpected {type(exc).__name__}: {terminal_safe(mask_urls_in(str(exc)))} "
               "(set XREG_DEBUG=1 for the traceback)", file=sys.stderr)
         sys.exit(1)
     if isinstance(code, int) and code:  # typer.Exit(code) returns its code without standalone mode

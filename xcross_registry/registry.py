@@ -31,10 +31,11 @@ from sqlalchemy.orm import Session, selectinload
 from . import settings
 from .artifacts import ArtifactStore
 from .data import DomainData, DomainType, Item, validate_domain_data, validate_domain_type
-from .database import display_url, explained_errors, open_session_factory
+from .database import explained_errors, open_session_factory
 from .errors import (ConflictError, DataError, ModelError, NotFoundError, PluginError,
                      ValidationError, XregError)
 from .plugins import PluginSet, get_plugins
+from .safe_text import mask_url
 from .schema import (AdapterVersion, Base, BaseModel, BaselineModel, Composition, CompositionSource,
                      Domain, EvaluationResult, Tag, utcnow)
 from .schema import CandidateSet as CandidateSetRow
@@ -69,7 +70,7 @@ class Registry:
         self.url = url or settings.database_url()
         self.sessions = open_session_factory(self.url)
         # What may be printed: the password masked.
-        self.display_url = display_url(self.sessions.kw["bind"].url)
+        self.display_url = mask_url(self.sessions.kw["bind"].url)
         self.store = ArtifactStore(artifacts or settings.artifacts_root())
         self._plugins = plugins
         self._data_cache: dict[str, DomainData] = {}
