@@ -989,8 +989,11 @@ def main() -> None:
     for stream in (sys.stdout, sys.stderr):
         if hasattr(stream, "reconfigure"):
             stream.reconfigure(errors="backslashreplace")
+    from .runs import signals_interrupt
+
     try:
-        code = app(standalone_mode=False, prog_name="xreg")
+        with signals_interrupt("command"):  # SIGTERM at any moment: one line, nothing half-done
+            code = app(standalone_mode=False, prog_name="xreg")
     except XregError as exc:
         _debug_traceback()
         print(f"error: {terminal_safe(str(exc))}", file=sys.stderr)  # URLs masked where raised

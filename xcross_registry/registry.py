@@ -22,6 +22,7 @@ import hashlib
 import os
 import re
 import shlex
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Iterator, TypeVar
 
 from sqlalchemy import JSON, delete, func, or_, select, text
@@ -51,6 +52,15 @@ CONFLICT_SQLSTATES = {"23505", "23503", "40001", "40P01"}
 
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 ADAPTER_LABEL = re.compile(r"(?P<domain>[^@]+)(?:@v?(?P<version>\d+))?")
+
+
+@dataclass(frozen=True)
+class PendingDomain:
+    """A domain checked and loaded but not yet registered (:meth:`Registry.load_new_domain`)."""
+
+    row: Domain
+    data: DomainData
+    domain_type: DomainType
 
 
 def validate_name(name: str, what: str = "domain") -> str:
@@ -103,6 +113,19 @@ class Registry:
 
     def add_domain(self, name: str, plugin: str, data: str, description: str = "") -> Domain:
         """Validate ``data`` with the plugin's loader, then register it as domain ``name``."""
+        pending = self.load_new_domain(name, plugin, data, description)
+        with self.session() as session:
+            self._insert_domain(session, pending)
+        self._data_cache[name] = pending.data
+        return pending.row
+
+    def load_new_domain(self, name: str, plugin: str, data: str, description: str = "") -> PendingDomain:
+        """Check the name and load ``data`` with the plugin, without registering anything:
+        the domain row to insert later, with its data.
+
+        ``add-domain --train`` trains on this and inserts the domain together with its
+        first adapter in one transaction, so a run killed at any moment (even SIGKILL)
+        leaves either both or neither."""
         validate_name(name)
         with self.session() as session:
             self._check_domain_name(session, name, plugin)
@@ -112,12 +135,15 @@ class Registry:
         row = Domain(name=name, plugin=plugin, data_location=location,
                      data_fingerprint=loaded.fingerprint(), summary=loaded.summary(),
                      description=description, plugin_version=self.plugin_version(plugin))
-        with self.session() as session:
-            _lock_name(session, name)
-            self._check_domain_name(session, name, plugin)
-            session.add(row)
-        self._data_cache[name] = loaded
-        return row
+        return PendingDomain(row, loaded, domain_type)
+
+    def _insert_domain(self, session: Session, pending: PendingDomain) -> Domain:
+        """Insert a loaded domain's row, its name checked again under a lock on it."""
+        _lock_name(session, pending.row.name)
+        self._check_domain_name(session, pending.row.name, pending.row.plugin)
+        session.add(pending.row)
+        session.flush()
+        return pending.row
 
     @staticmethod
     def _check_domain_name(session: Session, name: str, plugin: str) -> None:
@@ -354,16 +380,21 @@ class Registry:
                                 f"'xreg train-adapter {domain} --head-only'")
         return versions[-1]
 
-    def add_adapter_version(self, domain: str, base: "BaseModelInfo", *, artifact_digest: str,
-                            lora_config: dict[str, Any], trainable_parameters: int,
-                            training_config: dict[str, Any], metrics: dict[str, Any],
-                            status: str = "ready") -> AdapterVersion:
+    def add_adapter_version(self, domain: str | PendingDomain, base: "BaseModelInfo", *,
+                            artifact_digest: str, lora_config: dict[str, Any],
+                            trainable_parameters: int, training_config: dict[str, Any],
+                            metrics: dict[str, Any], status: str = "ready") -> AdapterVersion:
         """Add stored artifacts as ``domain``'s next adapter version, in one transaction
         (the version number is taken under a lock on the domain's row, so concurrent runs
-        get distinct, consecutive ones)."""
-        domain_row = self.domain(domain)
+        get distinct, consecutive ones).
+
+        ``domain`` may be a :class:`PendingDomain` (:meth:`load_new_domain`): the domain
+        is then registered in the same transaction, with this as its v1."""
         with self.session() as session:
-            _locked_domain(session, domain_row.id, domain)
+            if isinstance(domain, PendingDomain):
+                domain_row = self._insert_domain(session, domain)
+            else:
+                domain_row = _locked_domain(session, self.domain(domain).id, domain)
             base_row = _base_model_row(session, base)
             version = (session.scalar(select(func.max(AdapterVersion.version))
                                       .where(AdapterVersion.domain_id == domain_row.id)) or 0) + 1
@@ -373,7 +404,10 @@ class Registry:
                 trainable_parameters=int(trainable_parameters),
                 data_fingerprint=domain_row.data_fingerprint, training_config=training_config,
                 metrics=metrics, status=status))
-        return self.adapter(f"{domain}@v{version}")
+            name = domain_row.name
+        if isinstance(domain, PendingDomain):
+            self._data_cache[name] = domain.data
+        return self.adapter(f"{name}@v{version}")
 
     # ---- compositions ------------------------------------------------------------------
 

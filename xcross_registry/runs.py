@@ -71,14 +71,32 @@ Registrar = Callable[[Path, FinishedRun], str]
 
 
 @contextlib.contextmanager
-def signals_interrupt() -> Iterator[None]:
+def signals_interrupt(what: str = "training") -> Iterator[None]:
     """Turn SIGTERM into :class:`TrainingInterrupted`, so a killed run unwinds and
-    cleans its staging folder."""
+    cleans its staging folder.  The CLI holds this for a whole command (``what``:
+    "command"; model loading included); a run holds it again for itself."""
     def interrupt(signum, _frame):
-        raise TrainingInterrupted(f"training stopped by signal {signum}; nothing was registered")
+        raise TrainingInterrupted(f"{what} stopped by signal {signum}; nothing was registered")
 
+    with _sigterm_handler(interrupt):
+        yield
+
+
+@contextlib.contextmanager
+def signals_deferred() -> Iterator[None]:
+    """Let SIGTERM wait while a finished run stores its files and commits its row (a
+    second or two): the run is then complete and the command ends as it would have a
+    moment later.  Stopping half-way through would leave nothing registered either, but
+    would throw away a finished training for a signal that came too late to save time."""
+    received: list[int] = []
+    with _sigterm_handler(lambda signum, _frame: received.append(signum)):
+        yield
+
+
+@contextlib.contextmanager
+def _sigterm_handler(handler) -> Iterator[None]:
     try:
-        previous = signal.signal(signal.SIGTERM, interrupt)
+        previous = signal.signal(signal.SIGTERM, handler)
     except ValueError:  # not the main thread: leave signals alone
         yield
         return
@@ -104,13 +122,14 @@ def train_and_register(registry: "Registry", prepare: Callable[[], TrainingJob],
 
     started = time.perf_counter()
     deadline = deadline or Deadline.for_config(training_config)
-    job = prepare()
-    with signals_interrupt(), training_display(progress) as report:
-        result = train_scorer(job.scorer, job.data, job.template, training_config, progress=report,
-                              should_stop=should_stop, deadline=deadline)
+    with signals_interrupt():
+        job = prepare()  # a SIGTERM while the model loads unwinds too
+        with training_display(progress) as report:
+            result = train_scorer(job.scorer, job.data, job.template, training_config, progress=report,
+                                  should_stop=should_stop, deadline=deadline)
         key = None
         if is_main_process():
-            with registry.store.staging_folder(staging) as folder:
+            with registry.store.staging_folder(staging) as folder, signals_deferred():
                 key = register(folder, FinishedRun(job, training_config, result,
                                                    time.perf_counter() - started))
     return wait_for_main(key)
