@@ -616,7 +616,11 @@ def leaderboard(
 ) -> None:
     """Every stored evaluation on a domain, side by side, one board per comparable group."""
     from . import leaderboard as boards_module
+    from .checks import check_plot_path
 
+    for path, option in ((plot, "--plot"), (plot_fraction, "--plot-fraction")):
+        if path:
+            check_plot_path(path, option)
     boards = boards_module.leaderboard(_registry(), domain, protocol)
     if plot and boards:
         _wrote(boards_module.plot(boards, plot))
@@ -801,11 +805,15 @@ def show(name: str = typer.Argument(..., metavar="NAME",
     training run), a composition (sources, parameters) or a trained baseline (settings, run)."""
     from . import composer
     from .baselines import stored_baseline
+    from .checks import check_plot_path
     from .registry import as_dict
     from .xcross.integration import plot_integration
 
     registry = _registry()
+    if plot:
+        check_plot_path(plot)  # before the model runs to measure the integrators
     if registry.find_composition(name) is not None:
+        _note_shadowed_domain(registry, name)
         document = composer.as_dict(registry.composition(name))
         if plot:
             document["integration"] = composer.integration_weights(registry, name)
@@ -821,6 +829,15 @@ def show(name: str = typer.Argument(..., metavar="NAME",
         document = _domain_document(registry, name)
         document["used_by"] = registry.dependents(name)["compositions"]
         _print_domain(document, as_json)
+
+
+def _note_shadowed_domain(registry, name: str) -> None:
+    """Names are unique across domains and compositions now; a registry from before may
+    hold both, and ``show`` then says which one it shows."""
+    if any(domain.name == name for domain in registry.domains()):
+        print(f"note: showing composition {name}; a domain has the same name (registered before "
+              f"names were unique): `xreg domains` lists it, and `xreg items {name}` or "
+              f"`xreg evaluate {name} --baseline popularity` reach it", file=sys.stderr)
 
 
 @app.command()

@@ -173,9 +173,9 @@ def compose(registry: Registry, sources: Sequence[str], target: str, *, name: st
 
     training_config = training_config or TrainingConfig()
     chosen = composition_method(method)
-    name = validate_name(name or f"{target}-{chosen.default_suffix}", "composition")
+    versions = check_sources(registry, sources, target)  # an unknown source first, then the name
+    name = validate_name(f"{target}-{chosen.default_suffix}" if name is None else name, "composition")
     registry.check_composition_name(name)
-    versions = check_sources(registry, sources, target)
     mode = sources_mode(versions, mode)
     settings = chosen.settings(settings)
     prompt = registry.domain_type(target).template(template)

@@ -13,6 +13,8 @@ import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .candidates import check_protocol
+from .checks import check_plot_path
 from .registry import Registry
 
 COLUMNS = ("hit@1", "hit@3", "hit@10", "ndcg@10", "mrr")
@@ -37,6 +39,8 @@ class Board:
 
 def leaderboard(registry: Registry, domain: str, protocol: str | None = None) -> list[Board]:
     """Boards for ``domain`` (newest group first), rows sorted by Hit@1 then NDCG@10."""
+    if protocol is not None:  # a misspelt protocol is an error, not an empty board
+        check_protocol(protocol, "test")
     registry.domain(domain)  # unknown domains are an error, not an empty board
     boards: dict[tuple, Board] = {}
     for row in registry.evaluations(domain, protocol):
@@ -61,6 +65,7 @@ def leaderboard(registry: Registry, domain: str, protocol: str | None = None) ->
 
 def plot(boards: list[Board], path: str | Path) -> Path:
     """A bar chart per board: Hit@1 and NDCG@10 with their 95% intervals."""
+    check_plot_path(path)
     import matplotlib
 
     matplotlib.use("Agg")
@@ -132,6 +137,7 @@ def plot_efficiency(boards: list[Board], path: str | Path,
     """Each metric against the target-data fraction, a row of panels per board: a line
     per method (mean over seeds, bars from the worst to the best seed) and a dashed
     line for each row that does not depend on the fraction."""
+    check_plot_path(path, "--plot-fraction")
     import matplotlib
 
     matplotlib.use("Agg")

@@ -13,13 +13,15 @@ caller supplies the model (``prepare``) and the registration (``register``), and
 from __future__ import annotations
 
 import contextlib
+import shutil
 import signal
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
-from .errors import XregError
+from .errors import ArtifactError, XregError
 from .progress import AUTO, TrainingProgressArg, training_display
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -106,6 +108,32 @@ def _sigterm_handler(handler) -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+# Room beyond the trained weights' bytes (twice: staged, then stored) for the head,
+# configs, manifests and what PEFT saves besides the LoRA weights.
+STORE_MARGIN_BYTES = 64 * 2**20
+
+
+def check_room_to_store(registry: "Registry", weight_bytes: int = 0) -> None:
+    """Refuse a run whose result could not be stored, before it trains: the artifact
+    store must be writable and, once the model is built (``weight_bytes``), its disk
+    must have room for the trained weights."""
+    from .garbage import format_bytes
+
+    staging = registry.store.staging
+    try:
+        staging.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=staging).close()
+    except OSError as exc:
+        raise ArtifactError(f"cannot write to the artifact store {registry.store.root}: "
+                            f"{exc.strerror or exc} (check XREG_HOME); nothing was trained") from None
+    if weight_bytes:
+        needed, free = weight_bytes + STORE_MARGIN_BYTES, shutil.disk_usage(staging).free
+        if free < needed:
+            raise ArtifactError(f"the artifact store {registry.store.root} has {format_bytes(free)} "
+                                f"free; this run needs about {format_bytes(needed)} to store its "
+                                "model; nothing was trained")
+
+
 def train_and_register(registry: "Registry", prepare: Callable[[], TrainingJob], register: Registrar,
                        training_config: "TrainingConfig", *, staging: str = "train",
                        progress: TrainingProgressArg = AUTO,
@@ -123,7 +151,10 @@ def train_and_register(registry: "Registry", prepare: Callable[[], TrainingJob],
     started = time.perf_counter()
     deadline = deadline or Deadline.for_config(training_config)
     with signals_interrupt():
+        check_room_to_store(registry)  # a read-only XREG_HOME fails now, not after training
         job = prepare()  # a SIGTERM while the model loads unwinds too
+        check_room_to_store(registry, 2 * sum(p.numel() * p.element_size()
+                                              for p in job.scorer.parameters() if p.requires_grad))
         with training_display(progress) as report:
             result = train_scorer(job.scorer, job.data, job.template, training_config, progress=report,
                                   should_stop=should_stop, deadline=deadline)
