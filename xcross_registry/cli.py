@@ -592,15 +592,28 @@ def serve(
                                         help="How long a request waits for others to share its batch."),
     max_batch: int = typer.Option(32, "--max-batch", min=1, help="Most requests scored in one batch."),
     no_batching: bool = typer.Option(False, "--no-batching", help="Score every request alone."),
+    token_file: Optional[str] = typer.Option(None, "--token-file", help="File whose first line is "
+                                             "a token that /v1 requests must send as 'Authorization: "
+                                             "Bearer TOKEN' (default: $XREG_SERVE_TOKEN; none: open)."),
+    allowed_host: list[str] = typer.Option([], "--allowed-host", metavar="NAME", help="Also answer "
+                                           "requests whose Host header is NAME (repeatable; '*': any); "
+                                           "loopback names are always answered."),
+    header_timeout: float = typer.Option(10.0, "--header-timeout", help="Seconds a client has to "
+                                         "send a request's line and headers (then 408)."),
+    body_timeout: float = typer.Option(30.0, "--body-timeout", help="Seconds a client has to "
+                                       "send a request's body (then 408)."),
 ) -> None:
     """Serve recommendations over HTTP (JSON API under /v1) and a registry browser at /."""
     from .server import BatchingConfig, ServerConfig
     from .server import serve as run_server
+    from .server.app import read_token
 
     batching = (BatchingConfig(max_batch=1, wait_s=0.0) if no_batching
                 else BatchingConfig(max_batch=max_batch, wait_s=batch_wait_ms / 1000))
     run_server(ServerConfig(host=host, port=port, max_models=max_models, batching=batching,
-                            preload=[n.strip() for n in (preload or "").split(",") if n.strip()]))
+                            preload=[n.strip() for n in (preload or "").split(",") if n.strip()],
+                            token=read_token(token_file), allowed_hosts=list(allowed_host),
+                            header_timeout_s=header_timeout, body_timeout_s=body_timeout))
 
 
 @app.command()
