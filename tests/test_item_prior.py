@@ -270,7 +270,7 @@ def test_adapter_with_the_prior_on_the_board_reloaded_and_zero_shot(xreg, synthe
              for row in board["rows"]}
     assert tools["tools@v1"]["popularity_prior"] is False
     assert tools["toys@v1:zero-shot"]["popularity_prior"] is False
-    table = xreg("leaderboard", "toys").stdout
+    table = xreg("leaderboard", "toys", "--wide").stdout
     assert "prior" in table and any("toys@v1" in line and " yes " in line for line in table.splitlines())
 
     # the head-only baseline gets the same option

@@ -100,6 +100,7 @@ def test_json_commands_stay_silent_on_a_terminal(tiny_base, home):
     assert "epoch" not in parts["TRAIN-JSON"] and "\x1b[" not in parts["TRAIN-JSON"]
     assert "evaluating" not in parts["EVAL-JSON"] and "\x1b[" not in parts["EVAL-JSON"]
     assert "epoch 1/1" in parts["TRAIN"]  # the same command without --json draws
+    assert "toys adapter" in parts["TRAIN"]  # and names what it trains
 
 
 def test_auto_follows_the_terminal_and_silence(monkeypatch):

@@ -128,9 +128,12 @@ def _train_and_register(registry: Registry, domain: str | PendingDomain, *,
             training_config=run.training_config(scorer=scorer.config.to_dict(), head_only=head_only),
             metrics=run.metrics(), status="head-only" if head_only else "ready").label
 
+    name = domain.row.name if pending else domain
+    label = f"{name} {'head-only baseline' if head_only else 'adapter'}"
     return registry.adapter(train_and_register(registry, prepare, register, training_config,
                                                staging="train", progress=progress,
-                                               should_stop=should_stop, deadline=deadline))
+                                               should_stop=should_stop, deadline=deadline,
+                                               label=label))
 
 
 def require_scorer(label: str, status: str) -> None:

@@ -218,7 +218,7 @@ def compose(registry: Registry, sources: Sequence[str], target: str, *, name: st
 
     return registry.composition(train_and_register(
         registry, prepare, register, training_config, staging="compose", progress=progress,
-        should_stop=should_stop, deadline=deadline))
+        should_stop=should_stop, deadline=deadline, label=name))
 
 
 def load_composition(registry: Registry, name: str) -> tuple["Scorer", Composition]:

@@ -138,14 +138,14 @@ def train_and_register(registry: "Registry", prepare: Callable[[], TrainingJob],
                        training_config: "TrainingConfig", *, staging: str = "train",
                        progress: TrainingProgressArg = AUTO,
                        should_stop: Callable[[], bool] | None = None,
-                       deadline: "Deadline | None" = None) -> str:
+                       deadline: "Deadline | None" = None, label: str = "training") -> str:
     """Build a model with ``prepare``, train it, and register it with ``register``.
 
     ``deadline`` bounds the run (default: ``training_config.max_minutes`` from this
     call's start, so checking and building count too; the CLI passes one from the
     command's start).  ``register`` runs in the main process only, inside a staging
     folder that is removed afterwards whatever happens; every process returns the key
-    it returned."""
+    it returned.  ``label`` names what trains on the progress bar."""
     from .training import Deadline, is_main_process, train_scorer, wait_for_main
 
     started = time.perf_counter()
@@ -155,7 +155,7 @@ def train_and_register(registry: "Registry", prepare: Callable[[], TrainingJob],
         job = prepare()  # a SIGTERM while the model loads unwinds too
         check_room_to_store(registry, 2 * sum(p.numel() * p.element_size()
                                               for p in job.scorer.parameters() if p.requires_grad))
-        with training_display(progress) as report:
+        with training_display(progress, label) as report:
             result = train_scorer(job.scorer, job.data, job.template, training_config, progress=report,
                                   should_stop=should_stop, deadline=deadline)
         key = None

@@ -171,6 +171,8 @@ class TrainingProgress:
     sequences_per_second: float
     eta_seconds: float
     metrics: dict[str, float] | None = None
+    overall_step: int = 0  # optimiser steps taken in the whole run so far
+    overall_steps: int = 0  # optimiser steps the run plans (over every epoch)
 
 
 @dataclass
@@ -464,7 +466,8 @@ def train_scorer(scorer: Scorer, data: DomainData, template: PromptTemplate, con
             if progress is not None and accelerator.is_main_process:
                 eta = elapsed / result.optimizer_steps * (total_steps - result.optimizer_steps)
                 progress(TrainingProgress("train", epoch, epochs, step, len(batches),
-                                          loss_sum / max(own_examples, 1), rate, eta))
+                                          loss_sum / max(own_examples, 1), rate, eta,
+                                          overall_step=result.optimizer_steps, overall_steps=total_steps))
             reason = "diverged" if diverged else "time-cap" if time_up() else \
                 "interrupted" if should_stop is not None and should_stop() else None
             reason = _agreed_stop(accelerator, reason)
@@ -503,7 +506,8 @@ def train_scorer(scorer: Scorer, data: DomainData, template: PromptTemplate, con
         if progress is not None and accelerator.is_main_process:
             eta = train_seconds / max(result.optimizer_steps, 1) * (total_steps - result.optimizer_steps)
             progress(TrainingProgress("valid", epoch, epochs, len(batches), len(batches),
-                                      stats.loss, stats.sequences_per_second, eta, metrics))
+                                      stats.loss, stats.sequences_per_second, eta, metrics,
+                                      overall_step=result.optimizer_steps, overall_steps=total_steps))
         if _improves(per_user, best_per_user, validating=valid is not None):
             best_state = scorer.trainable_state()
             best_per_user = per_user["ndcg@10"] if validated else None
