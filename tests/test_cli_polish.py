@@ -32,10 +32,10 @@ def test_the_board_fits_80_columns_and_wide_shows_everything(xreg, synthetic_dom
     lines = narrow.stdout.splitlines()
     assert max(len(line) for line in lines) <= 80, narrow.stdout
     assert "popularity:toys" in narrow.stdout and "…" not in narrow.stdout  # nothing cut
-    assert "ndcg@10" in narrow.stdout and "examples seen" not in narrow.stdout
+    assert "ndcg@10" in narrow.stdout and "examples seen" not in narrow.stdout and "mrr" not in narrow.stdout
     monkeypatch.setenv("COLUMNS", "200")
     wide = xreg("leaderboard", "toys", "--wide")
-    assert "examples seen (stop)" in wide.stdout and "hit@3" in wide.stdout
+    assert "examples seen (stop)" in wide.stdout and "hit@3" in wide.stdout and "mrr" in wide.stdout
 
 
 def test_results_and_run_line_read_as_text(xreg, synthetic_domains, tiny_base):

@@ -693,8 +693,8 @@ def leaderboard(
                                 f"candidates {str(board.candidates_digest)[:12]}", wide)
 
 
-# The board's columns at 80 terminal columns; --wide adds the rest.
-NARROW_METRICS = ("hit@1", "hit@10", "ndcg@10", "mrr")
+# The board's metrics at 80 terminal columns (the demo's headline pair); --wide adds the rest.
+NARROW_METRICS = ("hit@1", "ndcg@10")
 
 
 def _print_board(board, title: str, wide: bool = False) -> None:
@@ -708,9 +708,9 @@ def _print_board(board, title: str, wide: bool = False) -> None:
                [[r["subject"], r["kind"], r["mode"], _prior(r), r["trainable_parameters"], r["fraction"],
                  _seen(r), *(f"{r['metrics'][m]['mean']:.4f}" for m in COLUMNS)] for r in board.rows])
         return
-    _table(title, ["subject", "kind", "frac", *NARROW_METRICS],
-           [[r["subject"], r["kind"], "" if r["fraction"] is None else f"{r['fraction']:g}",
-             *(f"{r['metrics'][m]['mean']:.3f}" for m in NARROW_METRICS)] for r in board.rows])
+    _table(title, ["subject", "kind", "mode", "prior", "fraction", *NARROW_METRICS],
+           [[r["subject"], r["kind"], r["mode"], _prior(r), r["fraction"],
+             *(f"{r['metrics'][m]['mean']:.4f}" for m in NARROW_METRICS)] for r in board.rows])
 
 
 def _prior(row: dict) -> str:
