@@ -18,6 +18,15 @@ from xcross_registry import plugins
 # avoids thread contention that makes every small op slow.
 torch.set_num_threads(1)
 
+
+def pytest_collection_modifyitems(config, items):
+    """Under pytest-xdist, slow tests first: a worker that starts a 5-minute test last
+    would keep the whole run waiting on it alone.  A stable sort, the same on every
+    worker (xdist requires identical collections); a plain run keeps file order."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data" / "amazon18"
 

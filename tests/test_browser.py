@@ -50,6 +50,7 @@ def _image_loaded(driver, element_id: str) -> bool:
         element_id)
 
 
+@pytest.mark.slow
 def test_browse_to_a_leaderboard_and_try_a_history(browser, server, library, tmp_path: Path):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as ready

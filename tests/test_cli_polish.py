@@ -4,7 +4,14 @@ matches nothing in the catalogue, and a run line that says which epoch it kept."
 
 from __future__ import annotations
 
+import os
+import pty
+import re
+import subprocess
+
 import pytest
+
+from conftest import xreg_command
 
 QUICK = ["--epochs", "1", "--max-users", "16", "--batch-size", "8", "--negatives", "3",
          "--valid-users", "10", "--mode", "dual", "--max-length", "64"]
@@ -24,20 +31,40 @@ def test_item_search_without_a_match_says_so(xreg, synthetic_domains):
     assert result.stdout.strip() == "no item of toys matches 'no such words'; try fewer or shorter words"
 
 
-def test_the_board_fits_80_columns_and_wide_shows_everything(xreg, synthetic_domains, monkeypatch):
+def _on_an_80_column_terminal(args: list[str], home) -> str:
+    """``xreg ARGS`` with stdout on a pseudo-terminal 80 columns wide: what it showed,
+    without the terminal's style codes."""
+    controller, terminal = pty.openpty()
+    process = subprocess.Popen(xreg_command(*args), stdin=subprocess.DEVNULL, stdout=terminal,
+                               stderr=subprocess.DEVNULL,
+                               env={**os.environ, "XREG_HOME": str(home), "HF_HUB_OFFLINE": "1",
+                                    "TERM": "xterm", "COLUMNS": "80", "LINES": "50"})
+    os.close(terminal)
+    shown = b""
+    while True:
+        try:
+            chunk = os.read(controller, 65536)
+        except OSError:  # the terminal's other side closed
+            break
+        if not chunk:
+            break
+        shown += chunk
+    os.close(controller)
+    assert process.wait(timeout=300) == 0
+    return re.sub(r"\x1b\[[0-9;]*m", "", shown.decode()).replace("\r", "")
+
+
+def test_the_board_fits_80_columns_and_wide_shows_everything(xreg, synthetic_domains, xreg_home):
     assert xreg("evaluate", "toys", "--baseline", "popularity").exit_code == 0
-    monkeypatch.setenv("COLUMNS", "80")
-    narrow = xreg("leaderboard", "toys")
-    assert narrow.exit_code == 0, narrow.stderr
-    lines = narrow.stdout.splitlines()
-    assert max(len(line) for line in lines) <= 80, narrow.stdout
-    assert "popularity:toys" in narrow.stdout and "…" not in narrow.stdout  # nothing cut
-    assert "ndcg@10" in narrow.stdout and "examples seen" not in narrow.stdout and "mrr" not in narrow.stdout
-    monkeypatch.setenv("COLUMNS", "200")
-    wide = xreg("leaderboard", "toys", "--wide")
-    assert "examples seen (stop)" in wide.stdout and "hit@3" in wide.stdout and "mrr" in wide.stdout
+    narrow = _on_an_80_column_terminal(["leaderboard", "toys"], xreg_home)
+    assert max(len(line) for line in narrow.splitlines()) <= 80, narrow
+    assert "popularity:toys" in narrow and "…" not in narrow  # nothing cut
+    assert "ndcg@10" in narrow and "examples seen" not in narrow and "mrr" not in narrow
+    wide = xreg("leaderboard", "toys", "--wide").stdout
+    assert "examples seen (stop)" in wide and "hit@3" in wide and "mrr" in wide
 
 
+@pytest.mark.slow
 def test_results_and_run_line_read_as_text(xreg, synthetic_domains, tiny_base):
     trained = xreg("train-adapter", "toys", *QUICK, "--base-model", tiny_base)
     assert trained.exit_code == 0, trained.stderr

@@ -219,6 +219,7 @@ def expected_counts(registry: Registry, domain: str, training: dict) -> dict[str
     return dict(Counter(data.items[i].id for seq in seen for i in seq.items))
 
 
+@pytest.mark.slow
 def test_adapter_with_the_prior_on_the_board_reloaded_and_zero_shot(xreg, synthetic_domains, tiny_base,
                                                                     xreg_home):
     from xcross_registry.adapters import load_scorer
@@ -282,6 +283,7 @@ def test_adapter_with_the_prior_on_the_board_reloaded_and_zero_shot(xreg, synthe
     assert scorer.item_prior.counts == expected_counts(registry, "toys", version.training_config["training"])
 
 
+@pytest.mark.slow
 def test_composition_with_the_prior_reloads_with_identical_scores(xreg, synthetic_domains, tiny_base,
                                                                   xreg_home):
     for domain in ("toys", "tools"):  # sources trained with the prior: the composition's switch wins

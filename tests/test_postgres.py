@@ -198,6 +198,7 @@ FIRST_USE = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 @needs_postgres
 @pytest.mark.parametrize("round_", range(2))
 def test_8_simultaneous_first_uses_of_an_empty_postgres_database(tmp_path, monkeypatch, round_):

@@ -81,6 +81,7 @@ def _worker(url: str, home: str, rounds: int, barrier, results) -> None:
     results.put((dict(outcomes), raw))
 
 
+@pytest.mark.slow
 def test_eight_processes_race_every_registry_write(backend, xreg_home):  # noqa: F811
     registry = Registry()
     registry.add_domain("shared", "synthetic", RECIPE)

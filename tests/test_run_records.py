@@ -180,6 +180,7 @@ TRAIN = ("--max-users", "16", "--prefixes-per-user", "1", "--batch-size", "4", "
          "--valid-users", "4", "--epochs", "2", "--mode", "dual")
 
 
+@pytest.mark.slow
 def test_adapter_and_composition_records_through_the_cli(xreg, synthetic_domains, tiny_base, expired_deadlines):
     done = xreg("train-adapter", "toys", "--base-model", tiny_base, *TRAIN, "--json")
     assert done.exit_code == 0, done.stderr

@@ -21,6 +21,9 @@ from typing import Iterator
 import pytest
 
 pytest.importorskip("fastapi", reason="the serve extra (fastapi, uvicorn, jinja2) is not installed")
+# Every test shares a served registry whose models train first: the full tier's
+# (tests/test_serve_guards.py is the quick tier's real server).
+pytestmark = pytest.mark.slow
 
 from conftest import xreg_command  # noqa: E402
 

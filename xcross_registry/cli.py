@@ -79,7 +79,7 @@ def _console():
     from rich.console import Console
 
     console = Console(markup=False, emoji=False)
-    if not console.is_terminal and "COLUMNS" not in os.environ:
+    if not console.is_terminal:
         console.width = 200  # piped output: keep table cells whole instead of cutting them
     return console
 
