@@ -18,6 +18,21 @@ from xcross_registry import plugins
 # avoids thread contention that makes every small op slow.
 torch.set_num_threads(1)
 
+
+def pytest_collection_modifyitems(config, items):
+    """Under pytest-xdist, the longest tests first (slow ones with a real model: the
+    README example and SmolLM2, minutes each), then the other slow ones: a worker that
+    starts a 5-minute test last keeps the whole run waiting on it alone.  A stable sort,
+    the same on every worker (xdist requires identical collections); a plain run keeps
+    file order."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        def weight(item) -> int:
+            slow = item.get_closest_marker("slow") is not None
+            return 0 if slow and item.get_closest_marker("realmodel") else 1 if slow else 2
+
+        items.sort(key=weight)
+
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data" / "amazon18"
 

@@ -74,6 +74,7 @@ def test_export_loads_with_peft_and_scores_like_the_registry(xreg, synthetic_dom
     assert difference < 1e-5
 
 
+@pytest.mark.slow
 def test_evaluate_stores_rows_with_shared_candidates(xreg, synthetic_domains, tiny_base_model):
     _train(xreg, tiny_base_model)
     adapter = xreg("evaluate", "toys", "--json")
@@ -163,6 +164,7 @@ train_adapter(Registry(), "toys", base_model=sys.argv[1], progress=progress,
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signal_number", [signal.SIGTERM, signal.SIGKILL])
 def test_killed_training_registers_nothing(synthetic_domains, tiny_base_model, xreg_home, xreg,
                                            signal_number):

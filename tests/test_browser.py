@@ -123,6 +123,7 @@ class Walk:
         return chosen[0]
 
 
+@pytest.mark.slow
 def test_walk_every_kind_of_page_by_links_on_a_phone(browser, server, library, served_registry,
                                                      monkeypatch):
     from selenium.webdriver.common.by import By
@@ -196,6 +197,7 @@ def test_walk_every_kind_of_page_by_links_on_a_phone(browser, server, library, s
     assert any(url.endswith("/static/docs/swagger-ui-bundle.js") for url in walk.requested)
 
 
+@pytest.mark.slow
 def test_browse_to_a_leaderboard_and_try_a_history(browser, server, library, tmp_path: Path):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as ready

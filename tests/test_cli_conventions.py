@@ -160,6 +160,7 @@ def _card_snippet(card: str, folder) -> str:
     return code.replace(CARD_FOLDER, str(folder)) + "print(type(model).__name__)\n"
 
 
+@pytest.mark.slow
 def test_exported_model_card_loads_its_base_offline(xreg, synthetic_domains, tiny_base, tmp_path):
     quick = ["--epochs", "1", "--max-users", "8", "--batch-size", "8", "--negatives", "3",
              "--valid-users", "4", "--base-model", tiny_base]
@@ -174,6 +175,7 @@ def test_exported_model_card_loads_its_base_offline(xreg, synthetic_domains, tin
     assert loaded.stdout.strip().splitlines()[-1] == "PeftModel"
 
 
+@pytest.mark.slow
 @pytest.mark.realmodel
 def test_model_card_of_the_default_base_names_the_package_and_the_hub(tmp_path):
     """The bundled all-MiniLM-L6-v2 loads from its package offline; the hub name is there
@@ -195,6 +197,7 @@ def test_model_card_of_the_default_base_names_the_package_and_the_hub(tmp_path):
     assert loaded.stdout.strip().splitlines()[-1] == "PeftModel"
 
 
+@pytest.mark.slow
 def test_show_an_adapter_version(xreg, synthetic_domains, tiny_base):
     quick = ["--epochs", "1", "--max-users", "8", "--batch-size", "8", "--negatives", "3",
              "--valid-users", "4", "--base-model", tiny_base]

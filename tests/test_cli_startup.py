@@ -24,6 +24,7 @@ print("HEAVY=" + ",".join(heavy), file=sys.stderr)
 
 @pytest.mark.parametrize("args", [["--help"], ["domains"], ["plugins"], ["adapters", "--json"],
                                   ["compositions"], ["compositions", "--json"], ["--version"]])
+@pytest.mark.slow
 def test_registry_commands_never_import_torch(args, tmp_path):
     result = run_subprocess([sys.executable, "-c", PROBE, *args],
                             env={"XREG_HOME": str(tmp_path)})
@@ -49,6 +50,7 @@ print("HEAVY=" + ",".join(heavy), file=sys.stderr)
 """
 
 
+@pytest.mark.slow
 def test_listing_and_show_commands_never_import_torch(xreg, synthetic_domains, tiny_base, tmp_path,
                                                       xreg_home):
     """On a registry that holds adapters, a composition and evaluations, listing and

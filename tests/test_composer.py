@@ -35,6 +35,7 @@ def _compose(xreg, *extra):
     return result.json()
 
 
+@pytest.mark.slow
 def test_compose_registers_lineage_and_evaluates(xreg, sources):
     document = _compose(xreg)
     assert document["name"] == "kitchen-x" and document["target"] == "kitchen"
@@ -72,6 +73,7 @@ with torch.no_grad():
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["cross", "dual"])
 def test_reload_in_a_fresh_process_gives_identical_scores(xreg, sources, xreg_home, mode):
     _compose(xreg, "--mode", mode, "--no-evaluate")
@@ -90,6 +92,7 @@ def test_reload_in_a_fresh_process_gives_identical_scores(xreg, sources, xreg_ho
     assert torch.equal(here, there)
 
 
+@pytest.mark.slow
 def test_bad_compositions_register_nothing(xreg, sources, tmp_path):
     from transformers import BertConfig, BertModel
 
@@ -122,6 +125,7 @@ def test_bad_compositions_register_nothing(xreg, sources, tmp_path):
     assert registry.count(Composition) == 0 and registry.count(CompositionSource) == 0
 
 
+@pytest.mark.slow
 def test_linear_merge_baseline_trains_only_the_head(xreg, sources):
     document = _compose(xreg, "--method", "linear-merge", "--name", "kitchen-merge")
     assert document["method"] == "linear-merge"
@@ -131,6 +135,7 @@ def test_linear_merge_baseline_trains_only_the_head(xreg, sources):
     assert not any(p.requires_grad for p in scorer.parameters())
 
 
+@pytest.mark.slow
 def test_recommend_ranks_candidates_and_the_catalogue(xreg, sources, tmp_path):
     _compose(xreg, "--mode", "dual", "--name", "kitchen-dual", "--no-evaluate")
     _compose(xreg, "--no-evaluate")
@@ -156,6 +161,7 @@ def test_recommend_ranks_candidates_and_the_catalogue(xreg, sources, tmp_path):
     assert cross_whole.exit_code == 1 and "needs a dual model" in cross_whole.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["cross", "dual"])
 def test_only_integrators_mix_and_head_get_gradients(xreg, sources, mode):
     from xcross_registry.composer import build_scorer

@@ -114,6 +114,7 @@ def sources(xreg, synthetic_domains, tiny_base):
         assert result.exit_code == 0, result.stderr
 
 
+@pytest.mark.slow
 def test_a_method_defined_here_composes_evaluates_and_lists_through_the_cli(xreg, sources, one_source):
     composed = xreg("compose", "--sources", "toys,sports", "--target", "tools", "--method",
                     "one-source", *QUICK, "--name", "t", "--no-evaluate", "--json")
@@ -152,6 +153,7 @@ def test_a_method_defined_here_composes_evaluates_and_lists_through_the_cli(xreg
         assert not torch.equal(states, toys.encoder(ids, mask))
 
 
+@pytest.mark.slow
 def test_sources_of_different_modes_need_an_explicit_mode(xreg, synthetic_domains, tiny_base):
     assert xreg("add-domain", "sports", "--plugin", "synthetic", "--data",
                 "sports?users=120&items=60&max_len=8").exit_code == 0

@@ -24,6 +24,7 @@ import pytest
 from xcross_registry import database
 from xcross_registry.errors import DatabaseError
 from xcross_registry.registry import Registry
+from xcross_registry.safe_text import mask_url, mask_urls_in
 
 SECRET = "p%40ss%25w0rd"  # p@ss%w0rd, percent-encoded as a URL needs it
 DOMAIN = ("--plugin", "synthetic", "--data", "toys?users=20&items=60&max_len=6")
@@ -164,12 +165,28 @@ def test_sqlite_url_naming_a_folder(xreg, monkeypatch, tmp_path):
 
 
 def test_masked_urls():
-    assert database.display_url(f"postgresql+psycopg://u:{SECRET}@h:5/d") == \
+    assert mask_url(f"postgresql+psycopg://u:{SECRET}@h:5/d") == \
         "postgresql+psycopg://u:***@h:5/d"
-    assert database.display_url("postgresql://u:p@ss%w0rd@h/d") == "postgresql://u:***@h/d"
-    assert database.display_url("sqlite:////tmp/x.db") == "sqlite:////tmp/x.db"
-    assert database.display_url(database.parse_url(f"postgresql://u:{SECRET}@h/d")) == \
+    assert mask_url("postgresql://u:p@ss%w0rd@h/d") == "postgresql://u:***@h/d"
+    assert mask_url("sqlite:////tmp/x.db") == "sqlite:////tmp/x.db"
+    assert mask_url(database.parse_url(f"postgresql://u:{SECRET}@h/d")) == \
         "postgresql+psycopg://u:***@h/d"
+
+
+def test_urls_are_masked_by_position_in_userinfo_and_query():
+    # A password in the query string (libpq's form) is masked as well as one in the userinfo.
+    assert mask_url("postgresql://127.0.0.1:5432/db?user=u&password=s3cret&sslmode=require") == \
+        "postgresql://127.0.0.1:5432/db?user=u&password=***&sslmode=require"
+    assert mask_url("postgresql://u:pw@h/db?PassWord=x&sslpassword=y") == \
+        "postgresql://u:***@h/db?PassWord=***&sslpassword=***"
+    assert mask_url(database.parse_url("postgresql://h:5/db?user=u&password=p")) == \
+        "postgresql+psycopg://h:5/db?password=***&user=u"
+    # By position, not by text: a one-letter password leaves "port", "p" and "postgresql" alone.
+    assert mask_url("postgresql://p:p@port/p?password=p") == "postgresql://p:***@port/p?password=***"
+    message = ('connection to postgresql://u:p@h:5/d failed at port 5; retry '
+               'postgresql://h:5/d?password=p&user=u or "host=h password=p port=5"')
+    assert mask_urls_in(message) == ('connection to postgresql://u:***@h:5/d failed at port 5; retry '
+                                      'postgresql://h:5/d?password=***&user=u or "host=h password=*** port=5"')
 
 
 # A read-only home: as root, file permissions do not apply, so the command runs in a

@@ -27,6 +27,7 @@ def demo_registry(tmp_path, tiny_base_model, xreg_home):
     return result.registry
 
 
+@pytest.mark.slow
 def test_demo_ends_with_one_comparable_board(demo_registry, tmp_path):
     boards = leaderboard(demo_registry, "tools")
     assert len(boards) == 1
@@ -46,6 +47,7 @@ def test_demo_ends_with_one_comparable_board(demo_registry, tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow
 def test_demo_command_prints_the_board_and_the_paired_differences(xreg, tiny_base, tmp_path):
     home = tmp_path / "cli-demo"
     result = xreg("demo", "--home", str(home), "--users", "60", "--target-users", "100",
@@ -106,6 +108,7 @@ def test_demo_json_and_its_documented_rates_and_seed(xreg, tiny_base, tmp_path):
     assert records["tools-x"].fraction == records["tools@v1"].fraction == settings.fraction
 
 
+@pytest.mark.slow
 def test_results_on_other_candidates_get_their_own_board(demo_registry):
     from xcross_registry.evaluation import evaluate_popularity
 
@@ -118,6 +121,7 @@ def test_results_on_other_candidates_get_their_own_board(demo_registry):
     assert len(leaderboard(demo_registry, "tools", protocol="sampled-pop")) == 1
 
 
+@pytest.mark.slow
 def test_leaderboard_cli_json_and_unknown_domain(xreg, demo_registry, monkeypatch, tmp_path):
     monkeypatch.setenv("XREG_HOME", str(tmp_path / "demo"))
     result = xreg("leaderboard", "tools", "--json", "--plot", str(tmp_path / "b.png"))
@@ -127,6 +131,7 @@ def test_leaderboard_cli_json_and_unknown_domain(xreg, demo_registry, monkeypatc
     assert missing.exit_code == 1 and "unknown domain 'nowhere'" in missing.stderr
 
 
+@pytest.mark.slow
 def test_by_fraction_groups_methods_and_averages_training_seeds(xreg, demo_registry, monkeypatch,
                                                               tmp_path):
     from xcross_registry import composer
@@ -163,6 +168,7 @@ def test_by_fraction_groups_methods_and_averages_training_seeds(xreg, demo_regis
         ("linear-merge", 1), ("lora", 1), ("ties", 1), ("xcross", 2)]
 
 
+@pytest.mark.slow
 def test_integration_weights_plot(demo_registry, tmp_path):
     from xcross_registry.composer import integration_weights
     from xcross_registry.xcross.integration import plot_integration

@@ -36,6 +36,7 @@ def stored(store: ArtifactStore) -> set[str]:
     return {digest for digest, _ in store.stored()}
 
 
+@pytest.mark.slow
 def test_orphans_go_referenced_and_in_flight_stay(xreg, synthetic_domains, tiny_base_model):
     for domain in ("toys", "tools"):
         trained = xreg("train-adapter", domain, *QUICK, "--base-model", str(tiny_base_model), "--json")
@@ -122,6 +123,7 @@ STAGING_OWNER = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("pid", ["own", "foreign"])
 def test_init_and_gc_never_remove_a_live_runs_staging(xreg, xreg_home, pid):
     process = subprocess.Popen([sys.executable, "-c", STAGING_OWNER, pid],

@@ -219,6 +219,7 @@ def expected_counts(registry: Registry, domain: str, training: dict) -> dict[str
     return dict(Counter(data.items[i].id for seq in seen for i in seq.items))
 
 
+@pytest.mark.slow
 def test_adapter_with_the_prior_on_the_board_reloaded_and_zero_shot(xreg, synthetic_domains, tiny_base,
                                                                     xreg_home):
     from xcross_registry.adapters import load_scorer
@@ -270,7 +271,7 @@ def test_adapter_with_the_prior_on_the_board_reloaded_and_zero_shot(xreg, synthe
              for row in board["rows"]}
     assert tools["tools@v1"]["popularity_prior"] is False
     assert tools["toys@v1:zero-shot"]["popularity_prior"] is False
-    table = xreg("leaderboard", "toys").stdout
+    table = xreg("leaderboard", "toys", "--wide").stdout
     assert "prior" in table and any("toys@v1" in line and " yes " in line for line in table.splitlines())
 
     # the head-only baseline gets the same option
@@ -282,6 +283,7 @@ def test_adapter_with_the_prior_on_the_board_reloaded_and_zero_shot(xreg, synthe
     assert scorer.item_prior.counts == expected_counts(registry, "toys", version.training_config["training"])
 
 
+@pytest.mark.slow
 def test_composition_with_the_prior_reloads_with_identical_scores(xreg, synthetic_domains, tiny_base,
                                                                   xreg_home):
     for domain in ("toys", "tools"):  # sources trained with the prior: the composition's switch wins

@@ -28,13 +28,22 @@ def free_port() -> int:
 
 
 def launch_two(*args: str):
-    """``accelerate launch`` of ``xreg ARGS`` on two CPU processes joined over gloo."""
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-               "--num_cpu_threads_per_process", "1", "--main_process_ip", "127.0.0.1",
-               "--main_process_port", str(free_port()), "-m", "xcross_registry", *args]
-    # No GPU, even on a machine that has one: this is the CPU (gloo) path.
-    return run_subprocess(command, env={"CUDA_VISIBLE_DEVICES": ""}, timeout=600)
+    """``accelerate launch`` of ``xreg ARGS`` on two CPU processes joined over gloo.
+
+    The rendezvous port is probed free and then bound by the launched processes: another
+    test running at the same moment (a pytest-xdist worker) may take it in between, and
+    the launch then fails before any training with "address already in use"; it is
+    retried on a new port."""
+    for _ in range(3):
+        command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes",
+                   "2", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                   "--num_cpu_threads_per_process", "1", "--main_process_ip", "127.0.0.1",
+                   "--main_process_port", str(free_port()), "-m", "xcross_registry", *args]
+        # No GPU, even on a machine that has one: this is the CPU (gloo) path.
+        result = run_subprocess(command, env={"CUDA_VISIBLE_DEVICES": ""}, timeout=600)
+        if "address already in use" not in (result.stdout + result.stderr).lower():
+            return result
+    return result
 
 
 def one_document(stdout: str):

@@ -326,6 +326,7 @@ def test_title_text():
 
 # ---------------------------------------------------------------- the test kit
 
+@pytest.mark.slow
 def test_check_domain_type_on_the_builtin_synthetic_plugin():
     import xreg_synthetic
 

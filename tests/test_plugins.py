@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 
+import pytest
+
 from conftest import TINY_PLUGIN, make_plugin_distribution, run_subprocess, xreg_command
 
 BROKEN_AT_IMPORT = "raise RuntimeError('this plugin is broken on purpose')\n"
@@ -23,6 +25,7 @@ def _env(site, home, **extra):
             "XREG_HOME": str(home), **extra}
 
 
+@pytest.mark.slow
 def test_broken_plugins_are_listed_and_do_not_break_commands(tmp_path):
     site = tmp_path / "site"
     make_plugin_distribution(site, "xreg-broken", "xreg_broken", BROKEN_AT_IMPORT)
@@ -58,6 +61,7 @@ def test_broken_plugins_are_listed_and_do_not_break_commands(tmp_path):
                                       "RuntimeError: this plugin is broken on purpose")
 
 
+@pytest.mark.slow
 def test_allowlist_limits_loaded_plugins(tmp_path):
     site = make_plugin_distribution(tmp_path / "site", "xreg-broken", "xreg_broken",
                                     BROKEN_AT_IMPORT)

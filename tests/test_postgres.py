@@ -23,6 +23,7 @@ from sqlalchemy.engine import URL, make_url
 
 from xcross_registry import database, schema
 from xcross_registry.registry import Registry
+from xcross_registry.safe_text import mask_url
 from xcross_registry.schema import (AdapterVersion, BaseModel, CandidateSet, Composition,
                                     CompositionSource, Domain, EvaluationResult, Tag)
 
@@ -83,7 +84,7 @@ def _postgres_registry(monkeypatch) -> Iterator[str]:
 def test_migrations_from_empty(xreg, backend):
     first = xreg("init")
     assert first.exit_code == 0, first.stderr
-    shown = database.display_url(make_url(backend))
+    shown = mask_url(make_url(backend))
     assert first.stdout.startswith(f"registry ready at {shown} (schema {schema.SCHEMA_HEAD})")
     engine = database.make_engine(backend)
     assert database.current_revision(engine) == schema.SCHEMA_HEAD
@@ -197,6 +198,7 @@ FIRST_USE = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 @needs_postgres
 @pytest.mark.parametrize("round_", range(2))
 def test_8_simultaneous_first_uses_of_an_empty_postgres_database(tmp_path, monkeypatch, round_):
@@ -246,6 +248,25 @@ def test_password_with_at_and_percent_is_masked_and_migrates(xreg, xreg_home, mo
         with admin.connect() as connection:
             connection.execute(text(f"DROP ROLE IF EXISTS {role}"))
         admin.dispose()
+
+
+@needs_postgres
+def test_password_in_the_query_string_is_masked(xreg, xreg_home, monkeypatch):
+    """libpq's ``?user=u&password=…`` form: masked in init's line and in a connection error."""
+    with fresh_database() as url:
+        secret = url.password
+        query_form = (f"postgresql://{url.host}:{url.port}/{url.database}?user={url.username}"
+                      f"&password={secret}")
+        monkeypatch.setenv("XREG_DATABASE_URL", query_form)
+        init = xreg("init")
+        assert init.exit_code == 0, init.stderr
+        assert f"registry ready at postgresql+psycopg://{url.host}:{url.port}/{url.database}" \
+               f"?password=***&user={url.username} " in init.stdout
+        monkeypatch.setenv("XREG_DATABASE_URL", query_form + "-wrong")
+        refused = xreg("domains")
+        assert refused.exit_code == 1 and "password authentication failed" in refused.stderr
+        for output in (init.stdout, init.stderr, refused.stdout, refused.stderr):
+            assert secret not in output
 
 
 @pytest.mark.slow

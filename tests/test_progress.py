@@ -58,6 +58,7 @@ def home(tmp_path) -> dict[str, str]:
     return {"XREG_HOME": str(tmp_path / "home")}
 
 
+@pytest.mark.slow
 def test_library_work_draws_bars_on_a_terminal(tiny_base, home):
     shown = _on_a_terminal([sys.executable, "-c", WORK, tiny_base], home)
     assert "DONE" in shown
@@ -66,6 +67,7 @@ def test_library_work_draws_bars_on_a_terminal(tiny_base, home):
     assert "encoding the 60 catalogue items" in shown
 
 
+@pytest.mark.slow
 def test_library_work_is_silent_in_a_pipe(tiny_base, home):
     result = run_subprocess([sys.executable, "-c", WORK, tiny_base], env=home)
     assert result.returncode == 0, result.stderr
@@ -94,12 +96,14 @@ for label, args in [("ADD", ["add-domain", "toys", "--plugin", "synthetic", "--d
 """
 
 
+@pytest.mark.slow
 def test_json_commands_stay_silent_on_a_terminal(tiny_base, home):
     shown = _on_a_terminal([sys.executable, "-c", COMMANDS, tiny_base], home)
     parts = dict(part.split(">>", 1) for part in shown.split("<<")[1:])
     assert "epoch" not in parts["TRAIN-JSON"] and "\x1b[" not in parts["TRAIN-JSON"]
     assert "evaluating" not in parts["EVAL-JSON"] and "\x1b[" not in parts["EVAL-JSON"]
     assert "epoch 1/1" in parts["TRAIN"]  # the same command without --json draws
+    assert "toys adapter" in parts["TRAIN"]  # and names what it trains
 
 
 def test_auto_follows_the_terminal_and_silence(monkeypatch):

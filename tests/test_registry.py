@@ -132,6 +132,7 @@ WRITER = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_two_processes_register_50_domains_each(tiny_plugin, xreg_home, tmp_path):
     Registry()  # create the schema first, as `xreg init` would
     site = str(tmp_path / "site")
@@ -146,6 +147,7 @@ def test_two_processes_register_50_domains_each(tiny_plugin, xreg_home, tmp_path
     assert Registry().count(Domain) == 100
 
 
+@pytest.mark.slow
 def test_concurrent_first_use_migrates_once(tmp_path):
     """Two processes opening a brand-new registry at once both succeed."""
     env = {"XREG_HOME": str(tmp_path / "home")}

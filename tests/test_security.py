@@ -64,6 +64,7 @@ def _one_error_line(result, *fragments: str) -> None:
 
 @pytest.mark.parametrize("bad_name", ["../escaped.txt", "ABSOLUTE", "sub/escaped.txt",
                                       "..", "", "a\\escaped.txt", "C:escaped.txt"])
+@pytest.mark.slow
 def test_export_and_load_refuse_a_manifest_naming_a_path(xreg, toys, tmp_path, bad_name):
     registry = toys
     outside = tmp_path / "outside" / "escaped.txt"
@@ -173,6 +174,7 @@ print(json.dumps({"outcomes": outcomes, "heavy": heavy}))
 """
 
 
+@pytest.mark.slow
 def test_bad_arguments_fail_before_any_model_load(xreg, toys, tmp_path, xreg_home):
     registry = toys
     # Rows whose weights do not exist: any command that got as far as loading would
@@ -262,6 +264,7 @@ def test_markup_in_descriptions_and_titles_prints_literally(xreg, markup_plugin,
         assert title in ranked.stdout
 
 
+@pytest.mark.slow
 def test_output_cannot_fail_after_the_commit(xreg_home):
     """An ASCII terminal cannot show 'é': the line is escaped, the command succeeds, and
     the registry holds exactly what it reported (it used to commit and then crash)."""

@@ -3,8 +3,10 @@ against a real server process on a free loopback port (tiny random models, secon
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -14,10 +16,14 @@ import urllib.parse
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
 pytest.importorskip("fastapi", reason="the serve extra (fastapi, uvicorn, jinja2) is not installed")
+# Every test shares a served registry whose models train first: the full tier's
+# (tests/test_serve_guards.py is the quick tier's real server).
+pytestmark = pytest.mark.slow
 
 from conftest import xreg_command  # noqa: E402
 
@@ -70,12 +76,6 @@ def served_registry(tmp_path_factory, tiny_base_model) -> Path:
     return home
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 class Client:
     """JSON over urllib against the server under test."""
 
@@ -106,32 +106,42 @@ class Client:
 @pytest.fixture(scope="module")
 def server(served_registry, tmp_path_factory):
     """``xreg serve`` in a subprocess; stopped (and waited for) at the end of the module."""
-    port = _free_port()
-    log = tmp_path_factory.mktemp("serve-log") / "server.log"
     env = {**os.environ, "XREG_HOME": str(served_registry), "HF_HUB_OFFLINE": "1",
            "OMP_NUM_THREADS": "1"}
     env.pop("XREG_DATABASE_URL", None)
+    log = tmp_path_factory.mktemp("serve-log") / "server.log"
+    # --load-wait: a first load on a busy machine is waited for, not answered 503
+    # (test_a_loading_model_is_503_with_retry_after covers that answer).
+    with running_server(["--preload", "kitchen-x", "--max-models", "3", "--batch-wait-ms", "100",
+                         "--load-wait", "300"], env, log) as base:
+        client = Client(base)
+        client.log = log
+        yield client
+
+
+@contextlib.contextmanager
+def running_server(arguments: list[str], env: dict[str, str], log: Path) -> Iterator[str]:
+    """``xreg serve ARGUMENTS --port 0`` until the block ends; yields its base URL once
+    ``/readyz`` answers 200.  The server picks a free port itself and prints it, so
+    servers started at once (pytest-xdist workers) never race for one."""
     with open(log, "w") as output:
-        process = subprocess.Popen(
-            # --load-wait: a first load on a busy machine is waited for, not answered 503
-            # (test_a_loading_model_is_503_with_retry_after covers that answer).
-            xreg_command("serve", "--port", str(port), "--preload", "kitchen-x", "--max-models", "3",
-                         "--batch-wait-ms", "100", "--load-wait", "300"),
-            env=env, stdout=output, stderr=subprocess.STDOUT)
-    client = Client(f"http://127.0.0.1:{port}")
-    client.log = log
+        process = subprocess.Popen(xreg_command("serve", *arguments, "--port", "0"),
+                                   env=env, stdout=output, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 300
+        base = None
         while True:
             assert process.poll() is None, log.read_text()
-            try:
-                if client.get("/readyz")[0] == 200:
-                    break
-            except OSError:
-                pass
+            base = base or _announced_url(log.read_text())
+            if base is not None:
+                try:
+                    if Client(base).get("/readyz")[0] == 200:
+                        break
+                except OSError:
+                    pass
             assert time.monotonic() < deadline, "server not ready in time:\n" + log.read_text()
             time.sleep(0.5)
-        yield client
+        yield base
     finally:
         process.terminate()
         try:
@@ -139,7 +149,12 @@ def server(served_registry, tmp_path_factory):
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
-    assert process.returncode is not None
+
+
+def _announced_url(log: str) -> str | None:
+    """The address ``xreg serve`` printed when it bound its socket."""
+    found = re.search(r"xreg serve: (http://\S+?)/ ", log)
+    return found.group(1) if found else None
 
 
 @pytest.fixture(scope="module")
@@ -629,9 +644,11 @@ def test_a_loading_model_is_503_with_retry_after_and_shows_its_progress(served_r
             return model
 
         cache._load = held_load
-        port = _free_port()
+        listening = socket.socket()  # bound here, so parallel test workers never race for a port
+        listening.bind(("127.0.0.1", 0))
+        port = listening.getsockname()[1]
         server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-        thread = threading.Thread(target=server.run)
+        thread = threading.Thread(target=server.run, kwargs={"sockets": [listening]})
         thread.start()
         client = Client(f"http://127.0.0.1:{port}")
         try:

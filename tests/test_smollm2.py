@@ -13,7 +13,7 @@ import os
 
 import pytest
 
-pytestmark = pytest.mark.realmodel
+pytestmark = [pytest.mark.realmodel, pytest.mark.slow]
 
 QUICK = ["--epochs", "1", "--max-users", "12", "--batch-size", "4", "--negatives", "3",
          "--valid-users", "4"]

@@ -22,7 +22,7 @@ from .errors import ModelError, ValidationError
 from .fusion import check_id_model, fit_for_run
 from .progress import AUTO
 from .records import TrainingRecord
-from .registry import Registry, validate_name
+from .registry import PendingDomain, Registry, validate_name
 from .runs import FinishedRun, TrainingJob, train_and_register
 from .schema import AdapterVersion
 from .stored_folders import store_folder, write_folder
@@ -38,11 +38,12 @@ PEFT_WEIGHTS = "adapter_model.safetensors"
 
 # ---- registering -------------------------------------------------------------------------
 
-def register_version(registry: Registry, domain: str, folder: Path, info: "BaseModelInfo", *,
-                     trainable_parameters: int, training_config: dict[str, Any],
-                     metrics: dict[str, Any], status: str = "ready") -> AdapterVersion:
+def register_version(registry: Registry, domain: str | PendingDomain, folder: Path,
+                     info: "BaseModelInfo", *, trainable_parameters: int,
+                     training_config: dict[str, Any], metrics: dict[str, Any],
+                     status: str = "ready") -> AdapterVersion:
     """Store ``folder`` and add it as the domain's next adapter version (one transaction,
-    after every file is stored)."""
+    after every file is stored; a pending domain is registered in that transaction)."""
     lora_config = (json.loads((folder / PEFT_CONFIG).read_text())
                    if (folder / PEFT_CONFIG).is_file() else {})
     training_config = {**training_config, "lora_parameters": _tensor_elements(folder / PEFT_WEIGHTS)}
@@ -76,18 +77,53 @@ def train_adapter(registry: Registry, domain: str, *, scorer_config: "ScorerConf
     call's start; the CLI passes one from the command's start).  Under a
     multi-process launch every process trains, the main process alone writes the
     artifacts and the registry row, and every process returns that row."""
+    return _train_and_register(registry, domain, scorer_config=scorer_config,
+                               training_config=training_config, base_model=base_model,
+                               head_only=head_only, template=template, fuse_with=fuse_with,
+                               progress=progress, should_stop=should_stop, deadline=deadline)
+
+
+def add_trained_domain(registry: Registry, name: str, plugin: str, data: str, *,
+                       description: str = "", scorer_config: "ScorerConfig | None" = None,
+                       training_config: "TrainingConfig | None" = None,
+                       base_model: str | None = None, template: str | None = None,
+                       progress: "Callable[[TrainingProgress], None] | str | None" = AUTO,
+                       deadline: "Deadline | None" = None) -> AdapterVersion:
+    """Register domain ``name`` with a freshly trained first adapter, all or nothing.
+
+    The data is loaded and checked first, the adapter trained on it, and the domain
+    and its v1 are inserted in one transaction at the end: a run that fails, is
+    interrupted (SIGTERM, Ctrl-C) or is killed outright (SIGKILL) at any moment leaves
+    no domain behind, and a retry starts from a clean registry (files a killed run had
+    already stored are unreferenced: ``xreg gc`` removes them)."""
+    pending = registry.load_new_domain(name, plugin, data, description)
+    return _train_and_register(registry, pending, scorer_config=scorer_config,
+                               training_config=training_config, base_model=base_model,
+                               head_only=False, template=template, fuse_with=None, progress=progress,
+                               should_stop=None, deadline=deadline)
+
+
+def _train_and_register(registry: Registry, domain: str | PendingDomain, *,
+                        scorer_config: "ScorerConfig | None", training_config: "TrainingConfig | None",
+                        base_model: str | None, head_only: bool, template: str | None,
+                        fuse_with: str | None,
+                        progress: "Callable[[TrainingProgress], None] | str | None",
+                        should_stop: "Callable[[], bool] | None",
+                        deadline: "Deadline | None") -> AdapterVersion:
+    """Train on a registered domain (by name) or on a pending one, and register the result."""
     from .scorer import Scorer, ScorerConfig
     from .training import TrainingConfig
 
     training_config = training_config or TrainingConfig()
-    if fuse_with is not None:
+    pending = domain if isinstance(domain, PendingDomain) else None
+    if fuse_with is not None:  # a pending domain cannot have a trained ID model yet
         check_id_model(registry, fuse_with, registry.domain(domain).name)
 
     def prepare() -> TrainingJob:
-        data = registry.domain_data(domain)
-        prompt = registry.domain_type(domain).template(template)
+        data = pending.data if pending else registry.domain_data(domain)
+        domain_type = pending.domain_type if pending else registry.domain_type(domain)
         return TrainingJob(Scorer.create(base_model, scorer_config or ScorerConfig(), head_only=head_only),
-                           data, prompt)
+                           data, domain_type.template(template))
 
     def register(folder: Path, run: FinishedRun) -> str:
         scorer = run.job.scorer
@@ -100,28 +136,12 @@ def train_adapter(registry: Registry, domain: str, *, scorer_config: "ScorerConf
                                                 **fusion),
             metrics=run.metrics(), status="head-only" if head_only else "ready").label
 
+    name = domain.row.name if pending else domain
+    label = f"{name} {'head-only baseline' if head_only else 'adapter'}"
     return registry.adapter(train_and_register(registry, prepare, register, training_config,
                                                staging="train", progress=progress,
-                                               should_stop=should_stop, deadline=deadline))
-
-
-def add_trained_domain(registry: Registry, name: str, plugin: str, data: str, *,
-                       description: str = "", scorer_config: "ScorerConfig | None" = None,
-                       training_config: "TrainingConfig | None" = None,
-                       base_model: str | None = None, template: str | None = None,
-                       progress: "Callable[[TrainingProgress], None] | str | None" = AUTO,
-                       deadline: "Deadline | None" = None) -> AdapterVersion:
-    """Register domain ``name`` and train its first adapter, all or nothing: when the
-    training fails or is interrupted (a signal, Ctrl-C), the domain is removed again,
-    so a retry starts from a clean registry."""
-    registry.add_domain(name, plugin, data, description)
-    try:
-        return train_adapter(registry, name, scorer_config=scorer_config,
-                             training_config=training_config, base_model=base_model,
-                             template=template, progress=progress, deadline=deadline)
-    except BaseException:
-        registry.remove_domain(name, force=True)
-        raise
+                                               should_stop=should_stop, deadline=deadline,
+                                               label=label))
 
 
 def require_scorer(label: str, status: str) -> None:
@@ -251,17 +271,12 @@ def import_adapter(registry: Registry, name: str, plugin: str, data: str, adapte
     if has_head:
         Scorer.from_pretrained(folder, base_model=base_model)  # the head must load too
     trainable = sum(t.numel() for t in state.values())
-    domain_row = registry.add_domain(name, plugin, data, description)
+    pending = registry.load_new_domain(name, plugin, data, description)
     prior = [file for file in (COUNTS_FILE, WEIGHT_FILE) if (folder / file).is_file()]
     files = [PEFT_CONFIG, PEFT_WEIGHTS] + ([HEAD_FILE, CONFIG_FILE, *prior] if has_head else [])
-    try:
-        with registry.store.staging_folder("import") as staged:
-            for file in files:
-                (staged / file).write_bytes((folder / file).read_bytes())
-            return register_version(registry, domain_row.name, staged, info,
-                                    trainable_parameters=trainable,
-                                    training_config={"imported_from": str(folder.resolve())},
-                                    metrics={}, status="ready" if has_head else "no-head")
-    except BaseException:
-        registry.remove_domain(domain_row.name, force=True)
-        raise
+    with registry.store.staging_folder("import") as staged:  # domain and v1: one transaction
+        for file in files:
+            (staged / file).write_bytes((folder / file).read_bytes())
+        return register_version(registry, pending, staged, info, trainable_parameters=trainable,
+                                training_config={"imported_from": str(folder.resolve())},
+                                metrics={}, status="ready" if has_head else "no-head")

@@ -168,7 +168,7 @@ class ArtifactStore:
     def remove_staging(entries: list[Path]) -> int:
         """Remove staging entries found stale (with a folder's lock file); return how many."""
         for entry in entries:
-            if entry.is_dir():
+            if entry.is_dir() and not entry.is_symlink():  # a link goes, not what it points to
                 shutil.rmtree(entry, ignore_errors=True)
                 entry.with_name(entry.name + LOCK_SUFFIX).unlink(missing_ok=True)
             else:

@@ -179,8 +179,8 @@ def auto_compose(registry: "Registry", target: str, *, sources: Sequence[str] | 
     best = None
     for candidate, plan in zip(tried, plans):
         started = time.perf_counter()
-        run = train_run(plan.prepare, plan.training_config, progress=progress, should_stop=should_stop,
-                        deadline=deadline)
+        run = train_run(registry, plan.prepare, plan.training_config, progress=progress,
+                        should_stop=should_stop, deadline=deadline, label=f"{name}: {candidate.label}")
         scores = score_candidates(run.job.scorer, data, plan.prompt, valid.split, valid.candidates, valid.users)
         score = ndcg_at_10(scores)
         results.append({"candidate": candidate.label, "method": candidate.method,

@@ -20,6 +20,7 @@ from typing import Any, Optional
 import typer
 
 from .errors import ValidationError, XregError
+from .safe_text import mask_urls_in, terminal_safe
 
 # Plain click help and errors (rich_markup_mode=None): a usage error is click's usage
 # line plus one "Error:" line, flags show as flags, and no rich traceback is ever drawn.
@@ -38,6 +39,9 @@ def _json_silences_progress(as_json: bool) -> bool:
 
 JSON_OPTION = typer.Option(False, "--json", callback=_json_silences_progress,
                            help="Print one JSON document on stdout.")
+WIDE_OPTION = typer.Option(False, "--wide", help="Every leaderboard column (mode, prior, trainable "
+                           "parameters, examples seen, all metrics); by default the board fits 80 "
+                           "columns.")
 
 
 # The metrics a table shows (evaluations store more: hit@5, ndcg@5, ...).
@@ -87,14 +91,19 @@ def _bold(head: str, rest: str):
     return Text.assemble((head, "bold"), rest)
 
 
-def _table(title: str, columns: list[str], rows: list[list[Any]]) -> None:
+def _table(title: str, columns: list[str], rows: list[list[Any]], empty: str | None = None) -> None:
+    """A table of data; with no rows and an ``empty`` hint, the hint instead of an empty
+    frame.  Cells wrap (a long word folds) rather than being cut at the terminal's width."""
     from rich.table import Table
 
-    table = Table(title=title)
+    if not rows and empty is not None:
+        print(empty)
+        return
+    table = Table(title=terminal_safe(title))
     for column in columns:
-        table.add_column(column)
-    for row in rows:
-        table.add_row(*("" if value is None else str(value) for value in row))
+        table.add_column(column, overflow="fold")
+    for row in rows:  # cells are data: titles, descriptions, plugin errors
+        table.add_row(*("" if value is None else terminal_safe(str(value)) for value in row))
     _console().print(table)
 
 
@@ -119,7 +128,7 @@ def plugins(as_json: bool = JSON_OPTION) -> None:
     loaded = get_plugins()
     infos = [info.as_dict(loaded.domain_types) for info in loaded.plugins.values()]
     for warning in loaded.warnings():
-        print(f"warning: {warning}", file=sys.stderr)
+        print(f"warning: {terminal_safe(str(warning))}", file=sys.stderr)
     if loaded.not_allowed:
         print("note: installed but not allowed by XREG_LOAD_PLUGINS: "
               + ", ".join(sorted(loaded.not_allowed)), file=sys.stderr)
@@ -252,16 +261,16 @@ def option_group(table: dict[str, tuple[Any, Any]], into: str, **defaults: Any):
 
 
 @contextlib.contextmanager
-def _training_run(training: dict[str, Any], quiet: bool):
+def _training_run(training: dict[str, Any], quiet: bool, label: str):
     """(TrainingConfig, progress display, deadline) for one training command: our
-    warnings as one line each, a bar on stderr unless ``--json``, and ``--max-minutes``
-    counted from the start of the process."""
+    warnings as one line each, a bar naming ``label`` on stderr unless ``--json``, and
+    ``--max-minutes`` counted from the start of the process."""
     started = _command_started()
     from .progress import AUTO, training_display
     from .training import Deadline, TrainingConfig
 
     config = TrainingConfig(**training)
-    with _warnings_as_lines(), training_display(None if quiet else AUTO) as progress:
+    with _warnings_as_lines(), training_display(None if quiet else AUTO, label) as progress:
         yield config, progress, Deadline.for_config(config, started)
 
 
@@ -276,7 +285,7 @@ def _warnings_as_lines():
 
     def one_line(message, category, filename, lineno, file=None, line=None):
         if issubclass(category, XregWarning):
-            print(f"warning: {message}", file=sys.stderr)
+            print(f"warning: {terminal_safe(str(message))}", file=sys.stderr)
         else:
             show(message, category, filename, lineno, file, line)
 
@@ -308,15 +317,31 @@ def _is_main_process() -> bool:
 
 
 def _run_summary(run: dict | None) -> str:
-    """How a training run went, from its record."""
+    """How a training run went, from its record: what it trained, which epoch's weights
+    it kept (saying so when that epoch was cut short) and on how many users it chose."""
     if not run:
         return "run: not recorded"
+    best = run["best_epoch"]
+    if not best:
+        kept = "no epoch kept"
+    elif best > run["epochs_completed"]:
+        kept = f"kept epoch {best} (stopped part-way through it)"
+    else:
+        kept = f"kept epoch {best}"
     return (f"run: {run['stop_reason']}; {run['examples_seen']} of {run['planned_examples']} "
             f"examples, {run['optimizer_steps']} of {run['planned_steps']} optimiser steps, "
-            f"{run['epochs_completed']} epochs completed, {run['examples_per_second']} examples/s, "
-            f"{run['wall_seconds']} s wall, {run['processes']} process(es), {run['precision']}; "
-            f"best epoch {run['best_epoch']} validated on {run['validation_users']} of "
-            f"{run['validation_users_planned']} users")
+            f"{run['epochs_completed']} full epochs; {kept}, validated on "
+            f"{run['validation_users']} of {run['validation_users_planned']} users; "
+            f"{run['examples_per_second']} examples/s, {run['wall_seconds']} s wall, "
+            f"{run['processes']} process(es), {run['precision']}")
+
+
+def _metrics_text(metrics: dict | None) -> str:
+    """Measured values as ``hit@1 0.2500, ndcg@10 0.3100`` (not a Python dict)."""
+    if not metrics:
+        return "none"
+    return ", ".join(f"{name} {value:.4f}" if isinstance(value, float) else f"{name} {value}"
+                     for name, value in metrics.items())
 
 
 def _scorer_config(mode: str, max_length: int, popularity_prior: bool):
@@ -357,7 +382,7 @@ def add_domain(
         adapters.import_adapter(registry, name, plugin, data, adapter, description=description,
                                 base_model=base_model)
     elif train:
-        with _training_run(training, as_json) as (config, progress, deadline):
+        with _training_run(training, as_json, f"{name} adapter") as (config, progress, deadline):
             adapters.add_trained_domain(registry, name, plugin, data, description=description,
                                         scorer_config=_scorer_config(mode, max_length,
                                                                      popularity_prior),
@@ -390,7 +415,8 @@ def train_adapter(
     from .adapters import train_adapter as train
     from .registry import as_dict
 
-    with _training_run(training, as_json) as (config, progress, deadline):
+    label = f"{name} {'head-only baseline' if head_only else 'adapter'}"
+    with _training_run(training, as_json, label) as (config, progress, deadline):
         version = train(_registry(), name,
                         scorer_config=_scorer_config(mode, max_length, popularity_prior),
                         training_config=config, base_model=base_model, head_only=head_only,
@@ -400,9 +426,12 @@ def train_adapter(
     if as_json:
         _emit_json(as_dict(version))
         return
-    print(f"registered {version.label}: {version.trainable_parameters} trainable parameters, "
-          f"validation {version.metrics.get('validation')}")
-    print(_run_summary(version.training_config.get("run")))
+    run = version.training_config.get("run") or {}
+    print(f"registered {version.label}: {version.trainable_parameters} trainable parameters")
+    _table("", ["metric", f"validation, {run.get('validation_users', 0)} users"],
+           [[name, f"{value:.4f}"] for name, value in (version.metrics.get("validation") or {}).items()],
+           empty="validation: none (no validation users)")
+    print(_run_summary(run))
 
 
 # The options of `xreg train-baseline sasrec`: every SASRecConfig field with its default
@@ -530,7 +559,7 @@ def compose(
     options = {"name": name, "mode": mode, "settings": given or None, "popularity_prior": popularity_prior,
                "fuse_with": fuse_with, "template": template}
     registry = _registry()
-    with _training_run(training, as_json) as (config, progress, deadline):
+    with _training_run(training, as_json, name or f"{target} composition") as (config, progress, deadline):
         if automatic in (chosen, method) or max_sources is not None or candidates is not None:
             row = auto_composition.auto_compose(
                 registry, target, sources=chosen, method=method, max_sources=max_sources,
@@ -624,7 +653,8 @@ def compositions(as_json: bool = JSON_OPTION) -> None:
         return
     _table("compositions", ["name", "target", "sources", "method", "mode", "trainable"],
            [[c["name"], c["target"], ", ".join(s["adapter"] for s in c["sources"]), c["method"],
-             c["mode"], c["trainable_parameters"]] for c in rows])
+             c["mode"], c["trainable_parameters"]] for c in rows],
+           empty="no compositions yet; build one with `xreg compose --sources A,B --target T`")
 
 
 @app.command()
@@ -647,6 +677,7 @@ def recommend(
     from . import serving
 
     model = serving.load_model(registry, name, template=template)
+    _note_unmatched_history(model, request.history)
     reranker = (serving.load_model(registry, rerank, domain=model.domain, template=template)
                 if rerank else None)
     ranked = serving.recommend(model, request.history, top=top, reranker=reranker,
@@ -656,6 +687,17 @@ def recommend(
         return
     _table(f"{name} on {model.domain}", ["rank", "item", "title", "score"],
            [[r.rank, r.item_id, r.title, f"{r.score:.4f}"] for r in ranked])
+
+
+def _note_unmatched_history(model, history: list[str]) -> None:
+    """Say so when history items are not in the catalogue: they are scored as free text."""
+    unmatched = [entry for entry, item in zip(history, model.match(history)) if not item.id]
+    if not unmatched:
+        return
+    which = "no history item" if len(unmatched) == len(history) else \
+        f"{len(unmatched)} of {len(history)} history items ({'; '.join(unmatched)})"
+    print(terminal_safe(f"note: {which} matched an item id or title of {model.domain}; scored as free "
+                        f"text (`xreg items {model.domain} --search WORDS` finds titles)"), file=sys.stderr)
 
 
 @app.command()
@@ -673,16 +715,29 @@ def serve(
     load_wait: float = typer.Option(10.0, "--load-wait", min=0, max=600, metavar="SECONDS",
                                     help="How long a request waits for its model to load before "
                                     "it is answered 503 with Retry-After (the load goes on)."),
+    token_file: Optional[str] = typer.Option(None, "--token-file", help="File whose first line is "
+                                             "a token that /v1 requests must send as 'Authorization: "
+                                             "Bearer TOKEN' (default: $XREG_SERVE_TOKEN; none: open)."),
+    allowed_host: list[str] = typer.Option([], "--allowed-host", metavar="NAME", help="Also answer "
+                                           "requests whose Host header is NAME (repeatable; '*': any); "
+                                           "loopback names are always answered."),
+    header_timeout: float = typer.Option(10.0, "--header-timeout", help="Seconds a client has to "
+                                         "send a request's line and headers (then 408)."),
+    body_timeout: float = typer.Option(30.0, "--body-timeout", help="Seconds a client has to "
+                                       "send a request's body (then 408)."),
 ) -> None:
     """Serve recommendations over HTTP (JSON API under /v1) and a registry browser at /."""
     from .server import BatchingConfig, ServerConfig
     from .server import serve as run_server
+    from .server.app import read_token
 
     batching = (BatchingConfig(max_batch=1, wait_s=0.0) if no_batching
                 else BatchingConfig(max_batch=max_batch, wait_s=batch_wait_ms / 1000))
     run_server(ServerConfig(host=host, port=port, max_models=max_models, batching=batching,
                             load_wait_s=load_wait,
-                            preload=[n.strip() for n in (preload or "").split(",") if n.strip()]))
+                            preload=[n.strip() for n in (preload or "").split(",") if n.strip()],
+                            token=read_token(token_file), allowed_hosts=list(allowed_host),
+                            header_timeout_s=header_timeout, body_timeout_s=body_timeout))
 
 
 @app.command()
@@ -694,11 +749,16 @@ def leaderboard(
                                      "and target-data fraction, averaged over training seeds."),
     plot_fraction: Optional[str] = typer.Option(None, "--plot-fraction", help="Also draw Hit@1 and "
                                                 "NDCG@10 against the fraction to this PNG."),
+    wide: bool = WIDE_OPTION,
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Every stored evaluation on a domain, side by side, one board per comparable group."""
     from . import leaderboard as boards_module
+    from .checks import check_plot_path
 
+    for path, option in ((plot, "--plot"), (plot_fraction, "--plot-fraction")):
+        if path:
+            check_plot_path(path, option)
     boards = boards_module.leaderboard(_registry(), domain, protocol)
     if plot and boards:
         _wrote(boards_module.plot(boards, plot))
@@ -713,17 +773,27 @@ def leaderboard(
     else:
         for board in boards:
             _print_board(board, f"{_board_title(board)}, data {board.data_fingerprint[:12]}, "
-                                f"candidates {str(board.candidates_digest)[:12]}")
+                                f"candidates {str(board.candidates_digest)[:12]}", wide)
 
 
-def _print_board(board, title: str) -> None:
-    """One leaderboard table: each subject with its training run in brief."""
+# The board's metrics at 80 terminal columns (the demo's headline pair); --wide adds the rest.
+NARROW_METRICS = ("hit@1", "ndcg@10")
+
+
+def _print_board(board, title: str, wide: bool = False) -> None:
+    """One leaderboard table: each subject with its training run in brief.  By default
+    the columns fit an 80-column terminal (names wrap); ``--wide`` shows every column."""
     from .leaderboard import COLUMNS
 
-    _table(title, ["subject", "kind", "mode", "prior", "trainable", "fraction",
-                   "examples seen (stop)", *COLUMNS],
-           [[r["subject"], r["kind"], r["mode"], _prior(r), r["trainable_parameters"], r["fraction"],
-             _seen(r), *(f"{r['metrics'][m]['mean']:.4f}" for m in COLUMNS)] for r in board.rows])
+    if wide:
+        _table(title, ["subject", "kind", "mode", "prior", "trainable", "fraction",
+                       "examples seen (stop)", *COLUMNS],
+               [[r["subject"], r["kind"], r["mode"], _prior(r), r["trainable_parameters"], r["fraction"],
+                 _seen(r), *(f"{r['metrics'][m]['mean']:.4f}" for m in COLUMNS)] for r in board.rows])
+        return
+    _table(title, ["subject", "kind", "mode", "prior", "fraction", *NARROW_METRICS],
+           [[r["subject"], r["kind"], r["mode"], _prior(r), r["fraction"],
+             *(f"{r['metrics'][m]['mean']:.4f}" for m in NARROW_METRICS)] for r in board.rows])
 
 
 def _prior(row: dict) -> str:
@@ -776,6 +846,7 @@ def demo(
                                              "or path (default: the bundled all-MiniLM-L6-v2)."),
     seed: int = typer.Option(0, "--seed", min=0, help="Seed of the synthetic world (users, "
                              "tastes, catalogues) and of training; docs/RESULTS.md reports 0, 1 and 2."),
+    wide: bool = WIDE_OPTION,
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Run the whole story offline: synthetic domains, source adapters, X-Cross, baselines."""
@@ -792,7 +863,7 @@ def demo(
                     "comparisons": result.comparisons, "winner": result.winner})
         return
     for board in boards:
-        _print_board(board, f"{TARGET} test split, {board.rows[0]['users']} users ({board.protocol})")
+        _print_board(board, f"{TARGET} test split, {board.rows[0]['users']} users ({board.protocol})", wide)
     _table(f"paired differences on the same {result.comparisons[0]['users']} {TARGET} test users",
            ["first − second", "metric", "difference", "95% interval", "verdict"],
            [[f"{c['first']} − {c['second']}", *row] for c in result.comparisons
@@ -854,7 +925,9 @@ def domains(as_json: bool = JSON_OPTION) -> None:
     _table("domains", ["name", "plugin", "items", "users (train/valid/test)", "fingerprint",
                        "description"],
            [[d["name"], d["plugin"], d["summary"].get("items"), _users(d["summary"]),
-             d["data_fingerprint"][:12], d["description"]] for d in rows])
+             d["data_fingerprint"][:12], d["description"]] for d in rows],
+           empty="no domains yet; register one with `xreg add-domain NAME --plugin P --data LOCATION` "
+                 "(`xreg plugins` lists the plugins)")
 
 
 @app.command()
@@ -872,7 +945,9 @@ def items(
         _emit_json([{"id": item.id, "title": item.title} for item in shown])
         return
     _table(f"{domain} items" + (f" matching {search!r}" if search else ""),
-           ["id", "title"], [[item.id, item.title] for item in shown])
+           ["id", "title"], [[item.id, item.title] for item in shown],
+           empty=terminal_safe(f"no item of {domain} matches {search!r}; try fewer or shorter words")
+           if search else f"{domain} has no items")
     if len(shown) < len(found):
         print(f"the first {len(shown)} of {len(found)} items; --limit 0 lists all")
 
@@ -888,11 +963,15 @@ def show(name: str = typer.Argument(..., metavar="NAME",
     training run), a composition (sources, parameters) or a trained baseline (settings, run)."""
     from . import composer
     from .baselines import stored_baseline
+    from .checks import check_plot_path
     from .registry import as_dict
     from .xcross.integration import plot_integration
 
     registry = _registry()
+    if plot:
+        check_plot_path(plot)  # before the model runs to measure the integrators
     if registry.find_composition(name) is not None:
+        _note_shadowed_domain(registry, name)
         document = composer.as_dict(registry.composition(name))
         if plot:
             document["integration"] = composer.integration_weights(registry, name)
@@ -908,6 +987,15 @@ def show(name: str = typer.Argument(..., metavar="NAME",
         document = _domain_document(registry, name)
         document["used_by"] = registry.dependents(name)["compositions"]
         _print_domain(document, as_json)
+
+
+def _note_shadowed_domain(registry, name: str) -> None:
+    """Names are unique across domains and compositions now; a registry from before may
+    hold both, and ``show`` then says which one it shows."""
+    if any(domain.name == name for domain in registry.domains()):
+        print(f"note: showing composition {name}; a domain has the same name (registered before "
+              f"names were unique): `xreg domains` lists it, and `xreg items {name}` or "
+              f"`xreg evaluate {name} --baseline popularity` reach it", file=sys.stderr)
 
 
 @app.command()
@@ -954,7 +1042,9 @@ def adapters(domain: Optional[str] = typer.Argument(None, metavar="DOMAIN",
         return
     _table("adapters", ["adapter", "base model", "trainable", "status", "digest"],
            [[f"{a['domain']}@v{a['version']}", a["base_model"], a["trainable_parameters"],
-             a["status"], a["artifact_digest"][:12]] for a in rows])
+             a["status"], a["artifact_digest"][:12]] for a in rows],
+           empty=f"no adapters{' of ' + domain if domain else ''} yet; train one with "
+                 f"`xreg train-adapter {domain or 'DOMAIN'}`")
 
 
 def _domain_document(registry, name: str) -> dict:
@@ -975,6 +1065,7 @@ def _print_domain(d: dict, as_json: bool = False) -> None:
     if as_json:
         _emit_json(d)
         return
+    d = terminal_safe(d)
     summary = d["summary"]
     lengths = summary.get("sequence_length", {})
     console = _console()
@@ -999,6 +1090,7 @@ def _print_adapter(a: dict, as_json: bool = False) -> None:
     if as_json:
         _emit_json(a)
         return
+    a = terminal_safe(a)
     console = _console()
     training = a["training_config"] or {}
     console.print(_bold(f"{a['domain']}@v{a['version']}",
@@ -1009,7 +1101,7 @@ def _print_adapter(a: dict, as_json: bool = False) -> None:
     if training.get("imported_from"):
         console.print(f"imported from {training['imported_from']}")
     else:
-        console.print(f"validation {(a['metrics'] or {}).get('validation')}")
+        console.print(f"validation: {_metrics_text((a['metrics'] or {}).get('validation'))}")
         console.print(_run_summary(training.get("run")))
     if training.get("fusion"):
         _print_composition_records({"fusion": training["fusion"]}, "lora")
@@ -1019,13 +1111,14 @@ def _print_baseline_model(b: dict, as_json: bool = False) -> None:
     if as_json:
         _emit_json(b)
         return
+    b = terminal_safe(b)
     console = _console()
     settings, run, measured = b["training_config"]["training"], b["training_config"]["run"], b["metrics"]
     console.print(_bold(b["name"], f": {b['kind']} baseline of {b['domain']}, "
                         f"{b['trainable_parameters']} trainable parameters"))
     console.print(f"trained on fraction {settings.get('fraction')} (seed {settings.get('seed')}) of "
                   f"{b['domain']}: {measured.get('train_users')} users in {measured.get('seconds')} s; "
-                  f"validation {measured.get('validation')}")
+                  f"validation: {_metrics_text(measured.get('validation'))}")
     console.print(f"run: {run.get('stop_reason')}; {run.get('examples_seen')} examples, "
                   f"{run.get('optimizer_steps')} optimiser steps, {run.get('epochs_completed')} "
                   f"epochs completed, best epoch {measured.get('best_epoch')}, "
@@ -1037,6 +1130,7 @@ def _print_composition(c: dict, as_json: bool = False) -> None:
     if as_json:
         _emit_json(c)
         return
+    c = terminal_safe(c)
     console = _console()
     console.print(_bold(c["name"], f": {c['method']} ({c['mode']}) of "
                         f"{', '.join(s['adapter'] for s in c['sources'])} for {c['target']}"))
@@ -1049,7 +1143,7 @@ def _print_composition(c: dict, as_json: bool = False) -> None:
     training, measured = c["training_config"], c["metrics"]
     console.print(f"trained on fraction {training['training']['fraction']} of {c['target']} "
                   f"({measured.get('train_users')} users) in {measured.get('seconds')} s; "
-                  f"validation {measured.get('validation')}")
+                  f"validation: {_metrics_text(measured.get('validation'))}")
     console.print(_run_summary(training.get("run")))
     _print_composition_records(c["integrator_config"], c["method"])
     evaluation = c.get("evaluation")
@@ -1108,11 +1202,14 @@ def main() -> None:
     for stream in (sys.stdout, sys.stderr):
         if hasattr(stream, "reconfigure"):
             stream.reconfigure(errors="backslashreplace")
+    from .runs import signals_interrupt
+
     try:
-        code = app(standalone_mode=False, prog_name="xreg")
+        with signals_interrupt("command"):  # SIGTERM at any moment: one line, nothing half-done
+            code = app(standalone_mode=False, prog_name="xreg")
     except XregError as exc:
         _debug_traceback()
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {terminal_safe(str(exc))}", file=sys.stderr)  # URLs masked where raised
         sys.exit(1)
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
@@ -1125,7 +1222,7 @@ def main() -> None:
             print("error: aborted", file=sys.stderr)
             sys.exit(1)
         _debug_traceback()
-        print(f"error: unexpected {type(exc).__name__}: {exc} "
+        print(f"error: unexpected {type(exc).__name__}: {terminal_safe(mask_urls_in(str(exc)))} "
               "(set XREG_DEBUG=1 for the traceback)", file=sys.stderr)
         sys.exit(1)
     if isinstance(code, int) and code:  # typer.Exit(code) returns its code without standalone mode

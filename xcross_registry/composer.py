@@ -249,9 +249,9 @@ def plan_composition(registry: Registry, sources: Sequence[str], target: str, *,
 
     training_config = training_config or TrainingConfig()
     chosen = composition_method(method)
-    name = validate_name(name or f"{target}-{chosen.default_suffix}", "composition")
+    versions = check_sources(registry, sources, target)  # an unknown source first, then the name
+    name = validate_name(f"{target}-{chosen.default_suffix}" if name is None else name, "composition")
     registry.check_composition_name(name)
-    versions = check_sources(registry, sources, target)
     settings = chosen.settings(settings)
     if chosen.validates_start(settings) and not training_config.validate_start:
         training_config = replace(training_config, validate_start=True)
@@ -288,7 +288,7 @@ def compose(registry: Registry, sources: Sequence[str], target: str, *, name: st
                             training_config=training_config, template=template)
     return registry.composition(train_and_register(
         registry, plan.prepare, plan.register, plan.training_config, staging="compose", progress=progress,
-        should_stop=should_stop, deadline=deadline))
+        should_stop=should_stop, deadline=deadline, label=plan.name))
 
 
 def load_composition(registry: Registry, name: str) -> tuple["Scorer", Composition]:

@@ -18,7 +18,7 @@ SQLite file, a session-level advisory lock on PostgreSQL.
 What can go wrong with a database is the user's environment, not our bug: a bad URL,
 a driver that is not installed, a corrupt or read-only file, a schema written by a
 newer release.  Each becomes a :class:`~xcross_registry.errors.DatabaseError` with
-one line that names the file (or the URL, its password masked), here in the library
+one line that names the file (or the URL, its password masked: :mod:`safe_text`), here in the library
 so that Python callers get the same messages as the CLI.
 """
 
@@ -38,6 +38,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from . import schema, settings
 from .errors import DatabaseError
+from .safe_text import mask_url, mask_urls_in
 
 BUSY_TIMEOUT_MS = 60_000
 # pg_advisory_lock key of schema migrations: the first 8 bytes (signed) of
@@ -46,21 +47,6 @@ BUSY_TIMEOUT_MS = 60_000
 MIGRATION_LOCK_KEY = 1919529782899178534
 POSTGRES_EXTRA = "pip install 'xcross-registry[postgres]'"
 URL_FORMS = "sqlite:///PATH or postgresql+psycopg://USER:PASSWORD@HOST:PORT/DATABASE"
-# scheme://user:password@rest, the password running to the LAST '@' (an unencoded '@'
-# in a password must not leak the part after it).
-_CREDENTIALS = re.compile(r"^(?P<head>[^:/]*://[^:/@]*:)(?P<password>.*)@(?P<tail>[^@]*)$")
-
-
-def display_url(url: str | URL) -> str:
-    """``url`` as it may be printed or logged: the password replaced by ``***``.
-
-    Works on strings that SQLAlchemy cannot parse, too (they appear in errors)."""
-    if isinstance(url, URL):
-        return url.render_as_string(hide_password=True)
-    match = _CREDENTIALS.match(url)
-    if match is None:
-        return url
-    return f"{match['head']}***@{match['tail']}"
 
 
 def parse_url(url: str) -> URL:
@@ -68,13 +54,13 @@ def parse_url(url: str) -> URL:
     try:
         parsed = make_url(url)
     except (sa_exc.ArgumentError, ValueError):
-        raise DatabaseError(f"invalid database URL {display_url(url)!r}: expected {URL_FORMS}") from None
+        raise DatabaseError(f"invalid database URL {mask_url(url)!r}: expected {URL_FORMS}") from None
     if "@" in (parsed.host or ""):
-        raise DatabaseError(f"invalid database URL {display_url(url)!r}: percent-encode '@' "
+        raise DatabaseError(f"invalid database URL {mask_url(url)!r}: percent-encode '@' "
                             "in the user name or password as %40 (and '%' as %25)")
     backend = parsed.get_backend_name()
     if backend not in ("sqlite", "postgresql"):
-        raise DatabaseError(f"unsupported database backend {backend!r} in {display_url(url)!r}: "
+        raise DatabaseError(f"unsupported database backend {backend!r} in {mask_url(url)!r}: "
                             f"xcross-registry runs on {URL_FORMS}")
     if parsed.drivername == "postgresql":
         parsed = parsed.set(drivername="postgresql+psycopg")
@@ -85,7 +71,7 @@ def describe(url: URL) -> str:
     """How an error names the database: the file for SQLite, else the masked URL."""
     if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:":
         return url.database
-    return display_url(url)
+    return mask_url(url)
 
 
 def make_engine(url: str | None = None) -> Engine:
@@ -120,8 +106,8 @@ def _missing_driver(url: URL, exc: ImportError) -> str:
     module = exc.name or str(exc)
     if url.drivername == "postgresql+psycopg":
         return (f"the PostgreSQL driver (psycopg) is not installed, needed for "
-                f"{display_url(url)}: {POSTGRES_EXTRA}")
-    return (f"the database driver {module!r} of {display_url(url)} is not installed: use a "
+                f"{mask_url(url)}: {POSTGRES_EXTRA}")
+    return (f"the database driver {module!r} of {mask_url(url)} is not installed: use a "
             f"postgresql+psycopg:// URL and {POSTGRES_EXTRA}")
 
 
@@ -149,7 +135,7 @@ def explain(exc: sa_exc.DBAPIError, url: URL) -> DatabaseError | None:
     """The user-facing error behind a driver error, or ``None`` when it is not one the
     user's environment causes (a constraint violation, a bug: those stay as they are)."""
     original = exc.orig if exc.orig is not None else exc
-    message = _one_line(original, url)
+    message = _one_line(original)
     lowered = message.lower()
     where = describe(url)
     sqlstate = getattr(original, "sqlstate", None)
@@ -173,12 +159,10 @@ def explain(exc: sa_exc.DBAPIError, url: URL) -> DatabaseError | None:
     return None
 
 
-def _one_line(error: BaseException, url: URL) -> str:
-    """A driver's (often multi-line) message on one line, never with the password."""
-    message = " ".join(line.strip() for line in str(error).splitlines() if line.strip())
-    if url.password:
-        message = message.replace(str(url.password), "***")
-    return message
+def _one_line(error: BaseException) -> str:
+    """A driver's (often multi-line) message on one line, any URL or ``password=`` pair
+    in it masked by position (never by searching for the password's text)."""
+    return mask_urls_in(" ".join(line.strip() for line in str(error).splitlines() if line.strip()))
 
 
 @contextlib.contextmanager
@@ -265,7 +249,7 @@ def _migrate(engine: Engine, revision: str | None) -> None:
             command.upgrade(config, "head")
     except sa_exc.DBAPIError as exc:
         raise DatabaseError(f"upgrading the schema of {describe(engine.url)} from {revision} "
-                            f"failed: {_one_line(exc.orig, engine.url)}") from exc
+                            f"failed: {_one_line(exc.orig)}") from exc
 
 
 @contextlib.contextmanager

@@ -17,6 +17,7 @@ import safetensors.numpy
 
 from .baselines import ScoreFunction
 from .candidates import CandidateSet, check_protocol, exclusion_mask
+from .checks import check_seed
 from .data import DomainData
 from .errors import ValidationError
 from .metrics import DEFAULT_KS, full_ranks, sampled_ranks, summarize
@@ -63,6 +64,7 @@ def check_options(protocol: str = "sampled", split: str = "test", max_users: int
     check_protocol(protocol, split)
     if max_users is not None and max_users < 1:
         raise ValidationError(f"--max-users must be at least 1, not {max_users}")
+    check_seed("--seed", seed)
 
 
 def choose_users(candidates: CandidateSet, max_users: int | None, seed: int) -> np.ndarray:
@@ -82,7 +84,7 @@ def evaluate_scores(registry: Registry, domain: str, score: ScoreFunction, *, su
                     adapter_version_id: int | None = None, composition_id: int | None = None,
                     extra: dict | None = None) -> Evaluation:
     """Score ``domain``'s stored candidates with ``score`` and record the result."""
-    check_options(protocol, split, max_users)
+    check_options(protocol, split, max_users, seed)
     data = registry.domain_data(domain)
     candidates, candidates_digest = registry.candidate_set(domain, split, protocol, seed)
     rows = choose_users(candidates, max_users, seed)

@@ -20,6 +20,7 @@ module finds what the registry still references and removes the rest:
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -77,11 +78,13 @@ def collect_garbage(registry: Registry, *, dry_run: bool = False,
                 path.unlink()
                 _remove_if_empty(path.parent)
         stale = store.stale_staging()
-        for entry in stale:
-            report.removed_staging.append(entry.name)
-            report.bytes_freed += _size(entry)
+        sizes = {entry: _size(entry) for entry in stale}
         if not dry_run:
             store.remove_staging(stale)
+        for entry in stale:  # report what went (or would go), never what stayed
+            if dry_run or not os.path.lexists(entry):
+                report.removed_staging.append(entry.name)
+                report.bytes_freed += sizes[entry]
     return report
 
 
@@ -135,6 +138,8 @@ def _union(sets: Iterable[set[str]]) -> set[str]:
 
 
 def _size(entry: Path) -> int:
+    if entry.is_symlink():  # the link goes, what it points to stays
+        return 0
     if entry.is_dir():
         return sum(p.stat().st_size for p in entry.rglob("*") if p.is_file())
     return entry.stat().st_size if entry.exists() else 0

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .candidates import check_protocol
+from .checks import check_plot_path
 from .errors import ValidationError
 from .registry import Registry
 
@@ -97,6 +98,7 @@ def sort_rows(rows: list[dict], column: str, descending: bool) -> list[dict]:
 
 def plot(boards: list[Board], path: str | Path) -> Path:
     """A bar chart per board: Hit@1 and NDCG@10 with their 95% intervals."""
+    check_plot_path(path)
     import matplotlib
 
     matplotlib.use("Agg")
@@ -169,6 +171,7 @@ def plot_efficiency(boards: list[Board], path: str | Path,
     """Each metric against the target-data fraction, a row of panels per board: a line
     per method (mean over seeds, bars from the worst to the best seed) and a dashed
     line for each row that does not depend on the fraction."""
+    check_plot_path(path, "--plot-fraction")
     import matplotlib
 
     matplotlib.use("Agg")

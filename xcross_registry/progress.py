@@ -74,11 +74,17 @@ def task(description: str) -> Iterator[Callable[[int, int], None]]:
 
 
 @contextlib.contextmanager
-def training_display(progress: TrainingProgressArg = AUTO) -> Iterator[TrainingCallback | None]:
+def training_display(progress: TrainingProgressArg = AUTO,
+                     label: str = "training") -> Iterator[TrainingCallback | None]:
     """The callback a training run reports to: ``progress`` itself when it is one,
-    ``None`` for silence, and for :data:`AUTO` a bar (epoch, loss, examples/s, time
-    left, the last validation) on a terminal.  The bar appears with the first report,
-    so a run that fails its checks prints nothing but its error."""
+    ``None`` for silence, and for :data:`AUTO` a bar on a terminal that names what
+    trains (``label``: "toys adapter", "tools-x") with its epoch, loss, examples/s,
+    elapsed and remaining time, and the last validation.
+
+    The bar counts optimiser steps over the whole run, so its clocks run on from one
+    epoch to the next, and it appears with the first report: nothing is drawn before
+    the first step has a loss to show, and a run that fails its checks prints only its
+    error."""
     if progress != AUTO:
         yield progress  # type: ignore[misc]
         return
@@ -87,21 +93,24 @@ def training_display(progress: TrainingProgressArg = AUTO) -> Iterator[TrainingC
         return
     from rich.progress import BarColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-    bar = _bar(TextColumn("epoch {task.fields[epoch]}"), BarColumn(),
+    bar = _bar(TextColumn("{task.description}"), TextColumn("epoch {task.fields[epoch]}"), BarColumn(),
                TextColumn("loss {task.fields[loss]:.4f}"), TextColumn("{task.fields[rate]:.1f} ex/s"),
                TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[valid]}"))
     handle = None
+    last_validation = ""
 
     def update(report: "TrainingProgress") -> None:
-        nonlocal handle
-        if handle is None:
-            bar.start()
-            handle = bar.add_task("train", total=None, epoch="-", loss=0.0, rate=0.0, valid="")
-        fields = {"epoch": f"{report.epoch}/{report.epochs}", "loss": report.loss,
-                  "rate": report.sequences_per_second}
+        nonlocal handle, last_validation
         if report.phase == "valid" and report.metrics:
-            fields["valid"] = " ".join(f"{k} {v:.3f}" for k, v in report.metrics.items())
-        bar.update(handle, completed=report.step, total=report.steps, **fields)
+            last_validation = "valid " + " ".join(f"{k} {v:.3f}" for k, v in report.metrics.items())
+        fields = {"epoch": f"{report.epoch}/{report.epochs}", "loss": report.loss,
+                  "rate": report.sequences_per_second, "valid": last_validation}
+        done, total = report.overall_step, max(report.overall_steps, 1)
+        if handle is None:  # the task starts with the first real report's values
+            bar.start()
+            handle = bar.add_task(label, total=total, completed=done, **fields)
+        else:
+            bar.update(handle, completed=done, total=total, **fields)
 
     try:
         yield update

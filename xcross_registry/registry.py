@@ -4,27 +4,39 @@
 first use) and the artifact store beside it.  Every operation that can fail on user
 input checks everything it can *before* writing, and writes in one transaction, so a
 failure leaves the registry exactly as it was.
+
+Many processes may write at once (a team on one PostgreSQL server).  No write reads a
+row and then inserts on what it read without a guard: version numbers are taken under
+a row lock on their domain, rows that may be created by two processes at once (a base
+model on first use, a candidate set) are inserted in a savepoint whose unique-key
+failure makes the loser read the winner's row, and names are taken under a lock on the
+name (a transaction-level advisory lock on PostgreSQL; SQLite's ``BEGIN IMMEDIATE``
+already runs one writer at a time).  A conflict no guard foresaw becomes a
+:class:`~xcross_registry.errors.ConflictError`, never a raw driver error.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import re
 import shlex
-from typing import TYPE_CHECKING, Any, Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, Iterator, TypeVar
 
-from sqlalchemy import JSON, delete, func, or_, select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import JSON, delete, func, or_, select, text
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
 from . import settings
 from .artifacts import ArtifactStore
 from .data import DomainData, DomainType, Item, validate_domain_data, validate_domain_type
-from .database import display_url, explained_errors, open_session_factory
+from .database import explained_errors, open_session_factory
 from .errors import (ConflictError, DataError, ModelError, NotFoundError, PluginError,
                      ValidationError, XregError)
 from .plugins import PluginSet, get_plugins
+from .safe_text import mask_url
 from .schema import (AdapterVersion, Base, BaseModel, BaselineModel, Composition, CompositionSource,
                      Domain, EvaluationResult, Tag, utcnow)
 from .schema import CandidateSet as CandidateSetRow
@@ -33,8 +45,22 @@ if TYPE_CHECKING:  # pragma: no cover
     from .base_model import BaseModelInfo
     from .candidates import CandidateSet
 
+RowT = TypeVar("RowT")
+# SQLSTATEs of a transaction that lost to a concurrent one on PostgreSQL: unique or
+# foreign-key violation, serialization failure, deadlock.
+CONFLICT_SQLSTATES = {"23505", "23503", "40001", "40P01"}
+
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 ADAPTER_LABEL = re.compile(r"(?P<domain>[^@]+)(?:@v?(?P<version>\d+))?")
+
+
+@dataclass(frozen=True)
+class PendingDomain:
+    """A domain checked and loaded but not yet registered (:meth:`Registry.load_new_domain`)."""
+
+    row: Domain
+    data: DomainData
+    domain_type: DomainType
 
 
 def validate_name(name: str, what: str = "domain") -> str:
@@ -54,7 +80,7 @@ class Registry:
         self.url = url or settings.database_url()
         self.sessions = open_session_factory(self.url)
         # What may be printed: the password masked.
-        self.display_url = display_url(self.sessions.kw["bind"].url)
+        self.display_url = mask_url(self.sessions.kw["bind"].url)
         self.store = ArtifactStore(artifacts or settings.artifacts_root())
         self._plugins = plugins
         self._data_cache: dict[str, DomainData] = {}
@@ -70,32 +96,64 @@ class Registry:
         """A transaction: committed when the block ends, rolled back if it raises.
 
         A damaged database (a corrupt file, a missing table, a read-only file) raises
-        :class:`~xcross_registry.errors.DatabaseError` after the rollback."""
-        with explained_errors(self.sessions.kw["bind"].url), self.sessions.begin() as session:
-            yield session
+        :class:`~xcross_registry.errors.DatabaseError` after the rollback; a transaction
+        that lost to a concurrent writer in a way no guard below foresaw raises
+        :class:`~xcross_registry.errors.ConflictError` (nothing of it was written)."""
+        try:
+            with explained_errors(self.sessions.kw["bind"].url), self.sessions.begin() as session:
+                yield session
+        except DBAPIError as exc:
+            if not _lost_to_concurrent_writer(exc):
+                raise
+            raise ConflictError("another process changed the registry at the same moment "
+                                f"({_constraint_of(exc)}); nothing was written, run the command "
+                                "again") from exc
 
     # ---- domains -------------------------------------------------------------------
 
     def add_domain(self, name: str, plugin: str, data: str, description: str = "") -> Domain:
         """Validate ``data`` with the plugin's loader, then register it as domain ``name``."""
+        pending = self.load_new_domain(name, plugin, data, description)
+        with self.session() as session:
+            self._insert_domain(session, pending)
+        self._data_cache[name] = pending.data
+        return pending.row
+
+    def load_new_domain(self, name: str, plugin: str, data: str, description: str = "") -> PendingDomain:
+        """Check the name and load ``data`` with the plugin, without registering anything:
+        the domain row to insert later, with its data.
+
+        ``add-domain --train`` trains on this and inserts the domain together with its
+        first adapter in one transaction, so a run killed at any moment (even SIGKILL)
+        leaves either both or neither."""
         validate_name(name)
         with self.session() as session:
-            if session.scalar(select(Domain.id).where(Domain.name == name)) is not None:
-                raise ConflictError(f"domain {name!r} already exists; `xreg add-domain {name} "
-                                    f"--plugin {plugin} --data LOCATION --refresh` re-registers its data")
+            self._check_domain_name(session, name, plugin)
         domain_type = self.plugins.domain_type(plugin)
         location = normalise_location(domain_type, data)
         loaded = load_with(domain_type, location)
         row = Domain(name=name, plugin=plugin, data_location=location,
                      data_fingerprint=loaded.fingerprint(), summary=loaded.summary(),
                      description=description, plugin_version=self.plugin_version(plugin))
-        try:
-            with self.session() as session:
-                session.add(row)
-        except IntegrityError:
-            raise ConflictError(f"domain {name!r} already exists") from None
-        self._data_cache[name] = loaded
-        return row
+        return PendingDomain(row, loaded, domain_type)
+
+    def _insert_domain(self, session: Session, pending: PendingDomain) -> Domain:
+        """Insert a loaded domain's row, its name checked again under a lock on it."""
+        _lock_name(session, pending.row.name)
+        self._check_domain_name(session, pending.row.name, pending.row.plugin)
+        session.add(pending.row)
+        session.flush()
+        return pending.row
+
+    @staticmethod
+    def _check_domain_name(session: Session, name: str, plugin: str) -> None:
+        """Refuse a domain name taken by a domain or a composition (one namespace on the
+        command line: ``xreg show NAME`` must reach exactly one thing)."""
+        if session.scalar(select(Domain.id).where(Domain.name == name)) is not None:
+            raise ConflictError(f"domain {name!r} already exists; `xreg add-domain {name} "
+                                f"--plugin {plugin} --data LOCATION --refresh` re-registers its data")
+        if session.scalar(select(Composition.id).where(Composition.name == name)) is not None:
+            raise ConflictError(f"{name!r} is the name of a composition; choose another domain name")
 
     def refresh_domain(self, name: str, plugin: str | None = None,
                        data: str | None = None) -> tuple[Domain, bool]:
@@ -129,7 +187,7 @@ class Registry:
                     "data_location": row.data_location, "summary": row.summary,
                     "replaced": utcnow().isoformat()}
         with self.session() as session:
-            current = session.get(Domain, row.id)
+            current = _locked_domain(session, row.id, name)
             current.data_history = [*(current.data_history or []), previous]
             current.data_fingerprint = fingerprint
             current.data_location = location
@@ -225,6 +283,8 @@ class Registry:
                                 "use --force")
         domain = self.domain(name)
         with self.session() as session:
+            # Writers of new versions wait for this lock and then find no domain.
+            _locked_domain(session, domain.id, name)
             composition_ids = session.scalars(
                 select(Composition.id).where(Composition.name.in_(deps["compositions"]))).all()
             adapter_ids = session.scalars(
@@ -265,13 +325,15 @@ class Registry:
             digest = session.scalar(select(CandidateSetRow.artifact_digest).where(*key))
         if digest is None:
             drawn = sample_candidates(self.domain_data(domain), split, protocol, seed=seed)
-            digest = self.store.put_bytes(drawn.to_bytes())
+            drawn_digest = self.store.put_bytes(drawn.to_bytes())
             with self.session() as session:
-                # Another process may have drawn the same set meanwhile: same bytes, same digest.
-                if session.scalar(select(CandidateSetRow.id).where(*key)) is None:
-                    session.add(CandidateSetRow(data_fingerprint=row.data_fingerprint, split=split,
-                                                protocol=protocol, seed=seed,
-                                                artifact_digest=digest))
+                # Another process may have drawn the same set meanwhile: the first row
+                # stored wins, and everyone ranks the winner's bytes.
+                digest = _insert_or_get(
+                    session, select(CandidateSetRow).where(*key),
+                    lambda: CandidateSetRow(data_fingerprint=row.data_fingerprint, split=split,
+                                            protocol=protocol, seed=seed,
+                                            artifact_digest=drawn_digest)).artifact_digest
         return CandidateSet.from_bytes(self.store.get_bytes(digest)), digest
 
     # ---- adapters --------------------------------------------------------------------
@@ -318,14 +380,21 @@ class Registry:
                                 f"'xreg train-adapter {domain} --head-only'")
         return versions[-1]
 
-    def add_adapter_version(self, domain: str, base: "BaseModelInfo", *, artifact_digest: str,
-                            lora_config: dict[str, Any], trainable_parameters: int,
-                            training_config: dict[str, Any], metrics: dict[str, Any],
-                            status: str = "ready") -> AdapterVersion:
+    def add_adapter_version(self, domain: str | PendingDomain, base: "BaseModelInfo", *,
+                            artifact_digest: str, lora_config: dict[str, Any],
+                            trainable_parameters: int, training_config: dict[str, Any],
+                            metrics: dict[str, Any], status: str = "ready") -> AdapterVersion:
         """Add stored artifacts as ``domain``'s next adapter version, in one transaction
-        (the version number is taken inside it, so concurrent runs get distinct ones)."""
-        domain_row = self.domain(domain)
+        (the version number is taken under a lock on the domain's row, so concurrent runs
+        get distinct, consecutive ones).
+
+        ``domain`` may be a :class:`PendingDomain` (:meth:`load_new_domain`): the domain
+        is then registered in the same transaction, with this as its v1."""
         with self.session() as session:
+            if isinstance(domain, PendingDomain):
+                domain_row = self._insert_domain(session, domain)
+            else:
+                domain_row = _locked_domain(session, self.domain(domain).id, domain)
             base_row = _base_model_row(session, base)
             version = (session.scalar(select(func.max(AdapterVersion.version))
                                       .where(AdapterVersion.domain_id == domain_row.id)) or 0) + 1
@@ -335,7 +404,10 @@ class Registry:
                 trainable_parameters=int(trainable_parameters),
                 data_fingerprint=domain_row.data_fingerprint, training_config=training_config,
                 metrics=metrics, status=status))
-        return self.adapter(f"{domain}@v{version}")
+            name = domain_row.name
+        if isinstance(domain, PendingDomain):
+            self._data_cache[name] = domain.data
+        return self.adapter(f"{name}@v{version}")
 
     # ---- compositions ------------------------------------------------------------------
 
@@ -369,9 +441,10 @@ class Registry:
                         training_config: dict[str, Any], metrics: dict[str, Any],
                         trainable_parameters: int) -> Composition:
         """Add a composition row with its lineage (its ordered sources), atomically; the
-        name is checked again inside the transaction that takes it."""
+        name is checked again inside the transaction that takes it, under a lock on it."""
         target_row = self.domain(target)
         with self.session() as session:
+            _lock_name(session, name)
             self.check_composition_name(name, session)
             row = Composition(name=name, target_domain_id=target_row.id,
                               artifact_digest=artifact_digest, integrator_config=integrator_config,
@@ -420,9 +493,10 @@ class Registry:
                            trainable_parameters: int, training_config: dict[str, Any],
                            metrics: dict[str, Any]) -> BaselineModel:
         """Add a stored trained baseline as ``domain``'s next version of ``kind``, in one
-        transaction (the version number is taken inside it, as for adapters)."""
+        transaction (the version number is taken under the domain's row lock, as for adapters)."""
         domain_row = self.domain(domain)
         with self.session() as session:
+            _locked_domain(session, domain_row.id, domain)
             version = (session.scalar(select(func.max(BaselineModel.version)).where(
                 BaselineModel.domain_id == domain_row.id, BaselineModel.kind == kind)) or 0) + 1
             session.add(BaselineModel(
@@ -472,12 +546,10 @@ class Registry:
 
     def set_tag(self, kind: str, entity_id: int, key: str, value: str) -> None:
         with self.session() as session:
-            row = session.scalar(select(Tag).where(Tag.entity_kind == kind,
-                                                   Tag.entity_id == entity_id, Tag.key == key))
-            if row is None:
-                session.add(Tag(entity_kind=kind, entity_id=entity_id, key=key, value=value))
-            else:
-                row.value = value
+            row = _insert_or_get(session, select(Tag).where(Tag.entity_kind == kind,
+                                                            Tag.entity_id == entity_id, Tag.key == key),
+                                 lambda: Tag(entity_kind=kind, entity_id=entity_id, key=key, value=value))
+            row.value = value
 
     def tags(self, kind: str, entity_id: int) -> dict[str, str]:
         with self.session() as session:
@@ -504,15 +576,70 @@ class Registry:
             return session.scalar(select(func.count()).select_from(table))
 
 
-def _base_model_row(session: Session, info: "BaseModelInfo") -> BaseModel:
-    """The base model's row, added on first use; a known name with another shape is refused."""
-    row = session.scalar(select(BaseModel).where(BaseModel.name == info.name))
+def _insert_or_get(session: Session, query, make: Callable[[], RowT]) -> RowT:
+    """The row ``query`` finds, or ``make()`` inserted when there is none.
+
+    Two processes may both find none: the insert runs in a savepoint, and the one whose
+    insert hits the unique key rolls back only the savepoint and reads the winner's row
+    (on PostgreSQL the loser's insert waits for the winner's commit, so it is there)."""
+    row = session.scalar(query)
+    if row is not None:
+        return row
+    row = make()
+    try:
+        with session.begin_nested():
+            session.add(row)
+    except IntegrityError:
+        winner = session.scalar(query)
+        if winner is None:  # not a lost race: another constraint failed
+            raise
+        return winner
+    return row
+
+
+def _locked_domain(session: Session, domain_id: int, name: str) -> Domain:
+    """The domain's row, locked until the transaction ends (``SELECT … FOR UPDATE``;
+    SQLite runs one writer at a time anyway): what serialises version numbers."""
+    row = session.scalar(select(Domain).where(Domain.id == domain_id).with_for_update())
     if row is None:
-        row = BaseModel(name=info.name, family=info.family, model_type=info.model_type,
-                        hidden_size=info.hidden_size, num_layers=info.num_layers)
-        session.add(row)
-        session.flush()
-    elif (row.hidden_size, row.num_layers) != (info.hidden_size, info.num_layers):
+        raise NotFoundError(f"unknown domain {name!r} (removed by another command meanwhile)")
+    return row
+
+
+def _lock_name(session: Session, name: str) -> None:
+    """Take ``name`` for this transaction on PostgreSQL (a transaction-level advisory lock
+    keyed by the name's hash), so that a domain and a composition cannot take one name
+    at once: the second waits, then its name check sees the first."""
+    if session.get_bind().dialect.name != "postgresql":
+        return
+    key = int.from_bytes(hashlib.sha256(f"xreg name {name}".encode()).digest()[:8], "big", signed=True)
+    session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
+
+
+def _lost_to_concurrent_writer(exc: DBAPIError) -> bool:
+    if isinstance(exc, IntegrityError):
+        return True
+    return getattr(exc.orig, "sqlstate", None) in CONFLICT_SQLSTATES
+
+
+def _constraint_of(exc: DBAPIError) -> str:
+    """The constraint a conflict hit, for the one-line message (no SQL, no values)."""
+    diag = getattr(exc.orig, "diag", None)
+    name = getattr(diag, "constraint_name", None)
+    if name:
+        return name
+    first = str(exc.orig).splitlines()[0] if str(exc.orig) else type(exc.orig).__name__
+    return first[:120]
+
+
+def _base_model_row(session: Session, info: "BaseModelInfo") -> BaseModel:
+    """The base model's row, added on first use (by one of any number of concurrent
+    writers); a known name with another shape is refused."""
+    row = _insert_or_get(session, select(BaseModel).where(BaseModel.name == info.name),
+                         lambda: BaseModel(name=info.name, family=info.family,
+                                           model_type=info.model_type,
+                                           hidden_size=info.hidden_size, num_layers=info.num_layers))
+    if (row.hidden_size, row.num_layers) != (info.hidden_size, info.num_layers):
         raise ModelError(f"base model {info.name!r} is registered with hidden size "
                          f"{row.hidden_size} and {row.num_layers} layers, not "
                          f"{info.hidden_size} and {info.num_layers}")

@@ -67,10 +67,11 @@ import safetensors.torch
 import torch
 from torch import nn
 
+from .checks import check_seed, finite_positive
 from .data import DomainData, UserSequence
 from .errors import ModelError, ValidationError, refuse_unknown_fields
 from .metrics import per_user_metrics, sampled_ranks
-from .training import TrainingConfig, sample_negatives, select_users
+from .training import TrainingConfig, all_finite, divergence_error, sample_negatives, select_users
 
 UNSEEN_ITEM_SCORE = -1.0e9
 """The score of an item that no training sequence contained (see the module docstring).
@@ -124,7 +125,8 @@ class SASRecConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValidationError(f"SASRec {name} must be a positive integer, not {value!r}")
-        for name in ("patience", "valid_users", "seed"):
+        check_seed("SASRec seed", self.seed)
+        for name in ("patience", "valid_users"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ValidationError(f"SASRec {name} must be a non-negative integer, not {value!r}")
@@ -132,8 +134,7 @@ class SASRecConfig:
             raise ValidationError(f"SASRec hidden_size {self.hidden_size} is not divisible by heads {self.heads}")
         if not isinstance(self.dropout, (int, float)) or not 0.0 <= self.dropout < 1.0:
             raise ValidationError(f"SASRec dropout must be in [0, 1), not {self.dropout!r}")
-        if not isinstance(self.lr, (int, float)) or not self.lr > 0:
-            raise ValidationError(f"SASRec lr must be positive, not {self.lr!r}")
+        finite_positive("SASRec lr", self.lr)
         # fraction and max_users are checked by the TrainingConfig that selects the users
         self.user_selection()
 
@@ -359,6 +360,8 @@ def train_sasrec(data: DomainData, config: SASRecConfig) -> tuple[SASRecModel, d
                 loss.backward()
                 optimizer.step()
                 count = int(real.sum())
+                if not (math.isfinite(loss.item()) and all_finite(list(model.parameters()))):
+                    raise divergence_error(f"epoch {epoch}", f"--lr {config.lr:g}")
                 total += loss.item() * count
                 positions += count
                 optimizer_steps += 1

@@ -40,8 +40,9 @@ import numpy as np
 import torch
 
 from .batching import to_device
+from .checks import check_seed, finite_in_range, finite_positive
 from .data import DomainData, UserSequence
-from .errors import ValidationError, XregWarning, refuse_unknown_fields
+from .errors import ModelError, ValidationError, XregWarning, refuse_unknown_fields
 from .scorer import Scorer
 from .scoring import hit_and_ndcg_per_user, score_candidates
 from .templates import PromptTemplate
@@ -139,14 +140,16 @@ class TrainingConfig:
                 raise ValidationError(f"{name} must be a positive integer or None, not {value!r}")
         if not 0.0 < self.fraction <= 1.0:
             raise ValidationError(f"fraction must be in (0, 1], not {self.fraction!r}")
-        if not self.lr > 0 or (self.head_lr is not None and not self.head_lr > 0) \
-                or not self.prior_lr > 0:
-            raise ValidationError("learning rates must be positive, not "
-                                  f"{self.lr!r} / {self.head_lr!r} / {self.prior_lr!r}")
-        if not 0.0 <= self.warmup_ratio < 1.0:
-            raise ValidationError(f"warmup_ratio must be in [0, 1), not {self.warmup_ratio!r}")
-        if self.max_minutes is not None and not self.max_minutes > 0:
-            raise ValidationError(f"max_minutes must be positive, not {self.max_minutes!r}")
+        # Rates and caps: finite and positive, checked before any model loads (an
+        # infinite rate would train weights that are all NaN).
+        for name in ("lr", "head_lr", "prior_lr", "max_minutes"):
+            optional = name in ("head_lr", "max_minutes")  # None: the lr's / no cap
+            if not (optional and getattr(self, name) is None):
+                finite_positive(name, getattr(self, name))
+        finite_in_range("weight_decay", self.weight_decay, 0.0, math.inf, high_open=True)
+        finite_in_range("max_grad_norm", self.max_grad_norm, 0.0, math.inf, high_open=True)
+        finite_in_range("warmup_ratio", self.warmup_ratio, 0.0, 1.0, high_open=True)
+        check_seed("seed", self.seed)
         if not isinstance(self.validate_start, bool):
             raise ValidationError(f"validate_start must be true or false, not {self.validate_start!r}")
         if self.device not in DEVICES:
@@ -174,6 +177,8 @@ class TrainingProgress:
     sequences_per_second: float
     eta_seconds: float
     metrics: dict[str, float] | None = None
+    overall_step: int = 0  # optimiser steps taken in the whole run so far
+    overall_steps: int = 0  # optimiser steps the run plans (over every epoch)
 
 
 @dataclass
@@ -321,7 +326,21 @@ def is_main_process() -> bool:
     return _process_state().is_main_process
 
 
-_STOP_CODES = {None: 0, "interrupted": 1, "time-cap": 2}
+# "diverged" outranks the others: a process whose loss or weights are no longer finite
+# stops every process, and the run raises instead of registering.
+_STOP_CODES = {None: 0, "interrupted": 1, "time-cap": 2, "diverged": 3}
+
+
+def all_finite(tensors: Sequence[torch.Tensor]) -> bool:
+    """Whether every element of every tensor is finite (one synchronisation in all)."""
+    return bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all())
+
+
+def divergence_error(where: str, rates: str) -> ModelError:
+    """The error of a run whose loss or weights became NaN or infinite: raised before
+    anything is stored, so the broken model is never registered."""
+    return ModelError(f"training diverged at {where}: the loss or the weights became NaN or "
+                      f"infinite; nothing was registered (lower the learning rate: {rates})")
 
 
 def _agreed_stop(accelerator, reason: str | None) -> str | None:
@@ -466,7 +485,9 @@ def train_scorer(scorer: Scorer, data: DomainData, template: PromptTemplate, con
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
 
-            loss_sum += losses.detach().sum().item() * weight
+            step_loss = losses.detach().sum().item() * weight
+            diverged = not (math.isfinite(step_loss) and all_finite(params))
+            loss_sum += step_loss
             own_examples += int(weight) * len(own)
             epoch_examples += len(batch)
             result.optimizer_steps += 1
@@ -475,10 +496,15 @@ def train_scorer(scorer: Scorer, data: DomainData, template: PromptTemplate, con
             if progress is not None and accelerator.is_main_process:
                 eta = elapsed / result.optimizer_steps * (total_steps - result.optimizer_steps)
                 progress(TrainingProgress("train", epoch, epochs, step, len(batches),
-                                          loss_sum / max(own_examples, 1), rate, eta))
-            reason = "time-cap" if time_up() else \
+                                          loss_sum / max(own_examples, 1), rate, eta,
+                                          overall_step=result.optimizer_steps, overall_steps=total_steps))
+            reason = "diverged" if diverged else "time-cap" if time_up() else \
                 "interrupted" if should_stop is not None and should_stop() else None
             reason = _agreed_stop(accelerator, reason)
+            if reason == "diverged":
+                raise divergence_error(f"epoch {epoch}, step {step}",
+                                       f"--lr {config.lr:g}, --head-lr {config.head_lr or config.lr:g}, "
+                                       f"--prior-lr {config.prior_lr:g}")
             if reason is not None:
                 result.stop_reason = reason
                 break
@@ -504,7 +530,8 @@ def train_scorer(scorer: Scorer, data: DomainData, template: PromptTemplate, con
         if progress is not None and accelerator.is_main_process:
             eta = train_seconds / max(result.optimizer_steps, 1) * (total_steps - result.optimizer_steps)
             progress(TrainingProgress("valid", epoch, epochs, len(batches), len(batches),
-                                      stats.loss, stats.sequences_per_second, eta, metrics))
+                                      stats.loss, stats.sequences_per_second, eta, metrics,
+                                      overall_step=result.optimizer_steps, overall_steps=total_steps))
         if _improves(per_user, best_per_user, validating=valid is not None):
             best_state = scorer.trainable_state()
             best_per_user = per_user["ndcg@10"] if validated else None

@@ -15,7 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from xcross_registry import DataError, DomainData, Item, UserSequence
-from xcross_registry.plugin_helpers import iter_json_lines, split_users, title_text
+from xcross_registry.plugin_helpers import iter_json_lines, split_users
+
+from .titles import product_title
 
 REVIEWS_SUFFIX = "_5.json.gz"
 _ASIN = re.compile(r'"asin":\s*"([^"\\]*)"')
@@ -51,7 +53,7 @@ def load_raw(folder: Path, options: RawOptions) -> DomainData:
                 for user in sorted(chosen)]
 
     # Some metadata records lack a title or hold NaN: those items get the placeholder.
-    return DomainData(items=[Item(id=asin, title=title_text(titles.get(asin))) for asin in asins],
+    return DomainData(items=[Item(id=asin, title=product_title(titles.get(asin))) for asin in asins],
                       test=split(users.test), valid=split(users.valid), train=split(users.train))
 
 

@@ -11,7 +11,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from xcross_registry import DataError, DomainData, Item, UserSequence
-from xcross_registry.plugin_helpers import read_json_object, split_users, title_text
+from xcross_registry.plugin_helpers import read_json_object, split_users
+
+from .titles import product_title
 
 FILES = ("meta_data.json", "smap.json", "umap.json", "train.json", "test.json")
 
@@ -43,7 +45,7 @@ def _catalogue(path: Path, titles: dict) -> list[Item]:
                             f"0..{len(smap) - 1}, each used once")
         order[index] = asin
     # The real Sports meta_data.json holds NaN for three titles: they get the placeholder.
-    return [Item(id=asin, title=title_text(titles.get(asin))) for asin in order]
+    return [Item(id=asin, title=product_title(titles.get(asin))) for asin in order]
 
 
 def _reviewers(path: Path) -> dict[int, str]:
