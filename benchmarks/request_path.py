@@ -136,7 +136,7 @@ def read(process: subprocess.Popen) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("name", help="a dual composition or adapter in the registry at $XREG_HOME")
+    parser.add_argument("name", nargs="?", help="a dual composition or adapter in the registry at $XREG_HOME")
     parser.add_argument("--baseline", help="a source tree to compare with (its `torch` runtime is the first arm)")
     parser.add_argument("--arms", default="torch,onnx", help="runtimes of this checkout, comma-separated")
     parser.add_argument("--requests", type=int, default=60, help=f"test-user histories (<= {MAX_REQUESTS})")
@@ -146,6 +146,8 @@ def main() -> None:
     if args.worker:
         worker(*args.worker)
         return
+    if not args.name:
+        parser.error("name is required")
     if not 1 <= args.requests <= MAX_REQUESTS:
         raise SystemExit(f"--requests must be 1..{MAX_REQUESTS}")
 

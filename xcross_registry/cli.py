@@ -101,13 +101,13 @@ def _table(title: str, columns: list[str], rows: list[list[Any]]) -> None:
 @app.command()
 def init() -> None:
     """Create the registry (or upgrade its schema) under $XREG_HOME."""
-    from . import database, settings
+    from . import database
 
     registry = _registry()
     revision = database.current_revision(registry.sessions.kw["bind"])
     removed = registry.store.clean_staging()
     print(f"registry ready at {registry.display_url} (schema {revision}); artifacts in "
-          f"{settings.artifacts_root()}" + (f"; cleaned {removed} leftovers" if removed else ""))
+          f"{registry.store.location}" + (f"; cleaned {removed} leftovers" if removed else ""))
 
 
 @app.command()
