@@ -71,11 +71,11 @@ class OnnxRuntime(Runtime):
             raise ValidationError("--runtime onnx needs ONNX Runtime: pip install 'xcross-registry[onnx]'") from exc
         import torch
 
-        path = self._exported(model)
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = torch.get_num_threads()
         options.inter_op_num_threads = 1
-        session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        session = self._session(model, lambda path: onnxruntime.InferenceSession(
+            str(path), options, providers=["CPUExecutionProvider"]))
 
         def embed(input_ids: "Tensor", attention_mask: "Tensor") -> "Tensor":
             output = session.run(None, {"input_ids": input_ids.cpu().numpy(),
@@ -84,24 +84,26 @@ class OnnxRuntime(Runtime):
 
         return embed
 
-    def _exported(self, model: "LoadedSubject") -> Path:
-        """The model's ONNX file, exported on first use and kept in the cache."""
+    def _session(self, model: "LoadedSubject", open_session: Callable[[Path], object]):
+        """A session over the model's ONNX file, exported on first use and kept in the
+        cache only once ONNX Runtime has loaded it."""
         import onnxruntime
         import torch
 
         versions = f"{model.digest}:{torch.__version__}:{onnxruntime.__version__}:{model.scorer.config.max_length}"
         path = settings.home() / "cache" / "onnx" / f"{hashlib.sha256(versions.encode()).hexdigest()}.onnx"
         if path.is_file():
-            return path
+            return open_session(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
         os.close(fd)
         try:
             _export(model, Path(tmp))
+            session = open_session(Path(tmp))
             os.replace(tmp, path)
         finally:
             Path(tmp).unlink(missing_ok=True)
-        return path
+        return session
 
 
 def _export(model: "LoadedSubject", target: Path) -> None:
@@ -124,7 +126,7 @@ def _export(model: "LoadedSubject", target: Path) -> None:
     shapes = ({0: batch, 1: tokens}, {0: batch, 1: tokens})
     with torch.no_grad():
         program = torch.onnx.export(Embedding().eval(), example, dynamic_shapes=shapes, dynamo=True,
-                                    input_names=["input_ids", "attention_mask"], output_names=["embedding"],
+                                    input_names=["input_ids", "attention_mask"], output_names=["xreg_history_vector"],
                                     verbose=False)
     program.save(str(target))
 
