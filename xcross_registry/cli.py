@@ -579,6 +579,31 @@ def recommend(
            [[r.rank, r.item_id, r.title, f"{r.score:.4f}"] for r in ranked])
 
 
+@app.command("recommend-batch")
+def recommend_batch(
+    domain: str = typer.Argument(..., metavar="DOMAIN", help="Domain whose users get recommendations."),
+    name: str = typer.Argument(..., metavar="SUBJECT", help="Dual composition or adapter that ranks."),
+    users: str = typer.Option("all", "--users", help="all, or one split: train, valid, test."),
+    out: str = typer.Option(..., "--out", metavar="FILE.parquet", help="Parquet file to write."),
+    top: int = typer.Option(10, "--top", min=1, help="Items per user."),
+    exact: bool = typer.Option(False, "--exact", help="Score the whole catalogue exactly even where "
+                               "it has an approximate index."),
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Rank the catalogue for every user of a domain into one Parquet file (one process, or
+    one share per process under accelerate launch)."""
+    from .batch import recommend_batch as run_batch
+
+    report = run_batch(_registry(), domain, name, out, users=users, top=top, exact=exact)
+    if not _is_main_process():
+        return
+    if as_json:
+        _emit_json(report.as_dict())
+        return
+    print(f"wrote {report.rows} rows for {report.users} users to {report.out} "
+          f"({report.processes} process(es), {report.seconds:.1f} s)")
+
+
 @app.command()
 def serve(
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on."),

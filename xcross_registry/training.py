@@ -299,7 +299,7 @@ def _on_cpu(device: str) -> bool:
     return device == "cpu" or not torch.cuda.is_available()
 
 
-def _process_state():
+def process_state():
     """accelerate's process-wide state (the one :func:`train_scorer`'s Accelerator uses)."""
     from accelerate import PartialState
 
@@ -308,7 +308,7 @@ def _process_state():
 
 def is_main_process() -> bool:
     """True except in the non-zero ranks of a multi-process launch (accelerate, torchrun)."""
-    return _process_state().is_main_process
+    return process_state().is_main_process
 
 
 _STOP_CODES = {None: 0, "interrupted": 1, "time-cap": 2}
@@ -534,7 +534,7 @@ def _mean_over_processes(accelerator, total: float, count: int) -> float:
 
 def wait_for_main(value: Any) -> Any:
     """``value`` as the main process computed it, on every process (which waits for it)."""
-    if _process_state().num_processes == 1:
+    if process_state().num_processes == 1:
         return value
     from accelerate.utils import broadcast_object_list
 
