@@ -93,13 +93,13 @@ def main() -> None:
     from xcross_registry import serving
     from xcross_registry.ann import AnnConfig, AnnIndex
     from xcross_registry.registry import Registry
-    from xcross_registry.serving import _encode_queries
+    from xcross_registry.serving import encode_histories
 
     model = serving.load_model(Registry(), args.name)
     real = serving.item_embeddings(model).numpy().astype(np.float32)
     users = [u for u in model.data.test if u.history][:args.queries]
     with torch.inference_mode():
-        encoded = _encode_queries(model, [[model.data.items[i] for i in u.history] for u in users])
+        encoded = encode_histories(model, [[model.data.items[i] for i in u.history] for u in users])
         queries = model.scorer.mode.query_vectors(model.scorer, encoded).float().numpy()
 
     began = time.perf_counter()

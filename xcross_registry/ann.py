@@ -43,7 +43,7 @@ class AnnConfig:
 
     ``min_items``: catalogues smaller than this are scored exactly (an exact pass over
     100k items costs about as much as one history encoding).  ``nlist``: k-means cells
-    (0: ``4·sqrt(N)`` rounded to a power of two).  ``nprobe``: cells searched per query.
+    (0: ``2·sqrt(N)`` rounded to a power of two, at least 39 training points each).  ``nprobe``: cells searched per query.
     ``rescore``: candidates taken from the 8-bit codes and re-scored exactly, per item
     asked for (a request for the top 10 re-scores ``10·rescore``).  ``train_size``:
     vectors k-means trains on.  ``seed`` makes the index the same on every build."""
@@ -67,7 +67,7 @@ class AnnConfig:
         """The number of k-means cells for a catalogue of ``items``."""
         if self.nlist:
             return self.nlist
-        return max(1, min(items // 39, 2 ** round(math.log2(4 * math.sqrt(items)))))
+        return max(1, min(items // 39, 2 ** round(math.log2(2 * math.sqrt(items)))))
 
     def key(self) -> str:
         """What distinguishes this index from other builds over the same vectors."""

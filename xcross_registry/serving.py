@@ -195,7 +195,7 @@ def recommend_many(model: LoadedSubject, queries: Sequence[Query], *, reranker: 
         found = catalogue(model)
         positions = model.positions()
         with torch.inference_mode():
-            encoded = _encode_queries(model, [pasts[i] for i in ranked])
+            encoded = encode_histories(model, [pasts[i] for i in ranked])
             if found.index is not None and not exact:
                 for query, i in zip(encoded.split(1), ranked):
                     pools[i], scores[i] = _search(model, found, query, pasts[i], queries[i],
@@ -259,7 +259,7 @@ def _score_many(model: LoadedSubject, pairs: Sequence[tuple[list[Item], list[Ite
         if not scorer.mode.ranks_catalogue:
             scores = scorer.mode.score_pairs(scorer, template, pairs)
         else:
-            queries = _encode_queries(model, [history for history, _ in pairs])
+            queries = encode_histories(model, [history for history, _ in pairs])
             texts: dict[str, int] = {}
             index = [[texts.setdefault(template.render_document(item), len(texts)) for item in pool]
                      for _, pool in pairs]
@@ -272,7 +272,7 @@ def _score_many(model: LoadedSubject, pairs: Sequence[tuple[list[Item], list[Ite
             for values, (_, pool) in zip(scores, pairs)]
 
 
-def _encode_queries(model: LoadedSubject, histories: Sequence[Sequence[Item]]) -> torch.Tensor:
+def encode_histories(model: LoadedSubject, histories: Sequence[Sequence[Item]]) -> torch.Tensor:
     """History embeddings ``[B, H]`` of a catalogue ranker, each as it would be alone."""
     scorer = model.scorer
     scorer.require_catalogue_ranking("encode_histories")
