@@ -616,15 +616,21 @@ def serve(
                                         help="How long a request waits for others to share its batch."),
     max_batch: int = typer.Option(32, "--max-batch", min=1, help="Most requests scored in one batch."),
     no_batching: bool = typer.Option(False, "--no-batching", help="Score every request alone."),
+    runtime: str = typer.Option("torch", "--runtime", help="How request histories are encoded: torch "
+                                "(exact) or onnx (ONNX Runtime, faster; the onnx extra)."),
+    ann_min_items: int = typer.Option(100_000, "--ann-min-items", min=1, help="Catalogues of at least "
+                                      "this many items are searched through an approximate index (the ann extra)."),
 ) -> None:
     """Serve recommendations over HTTP (JSON API under /v1) and a registry browser at /."""
+    from .ann import AnnConfig
     from .server import BatchingConfig, ServerConfig
     from .server import serve as run_server
 
     batching = (BatchingConfig(max_batch=1, wait_s=0.0) if no_batching
                 else BatchingConfig(max_batch=max_batch, wait_s=batch_wait_ms / 1000))
     run_server(ServerConfig(host=host, port=port, max_models=max_models, batching=batching,
-                            preload=[n.strip() for n in (preload or "").split(",") if n.strip()]))
+                            preload=[n.strip() for n in (preload or "").split(",") if n.strip()],
+                            runtime=runtime, ann=AnnConfig(min_items=ann_min_items)))
 
 
 @app.command()

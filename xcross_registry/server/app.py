@@ -17,8 +17,10 @@ from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException
 
+from ..ann import AnnConfig
 from ..errors import NotFoundError, ValidationError, XregError
 from ..registry import Registry
+from ..runtimes import runtime
 from . import api, pages
 from .models import BatchingConfig, ModelCache, SubjectUnavailable
 
@@ -36,8 +38,11 @@ class ServerConfig:
     preload: list[str] = field(default_factory=list)
     max_models: int = 4
     batching: BatchingConfig = field(default_factory=BatchingConfig)
+    runtime: str = "torch"  # how request histories are encoded (xcross_registry.runtimes)
+    ann: AnnConfig = field(default_factory=AnnConfig)  # when a catalogue gets an approximate index
 
     def __post_init__(self) -> None:
+        runtime(self.runtime)  # a ValidationError naming the known runtimes
         if self.max_models < 1:
             raise ValidationError(f"--max-models must be at least 1, not {self.max_models}")
         if len(self.preload) > self.max_models:
@@ -118,7 +123,7 @@ def _where(location: tuple) -> str:
 
 def create_app(config: ServerConfig, registry: Registry | None = None) -> FastAPI:
     """The FastAPI application for ``config`` over ``registry`` (default: $XREG_HOME's)."""
-    cache = ModelCache(registry or Registry(), config.max_models, config.batching)
+    cache = ModelCache(registry or Registry(), config.max_models, config.batching, config.runtime, config.ann)
     preload_state: dict[str, Any] = {"done": not config.preload}
 
     async def preload() -> None:

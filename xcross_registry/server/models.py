@@ -19,7 +19,9 @@ from typing import Sequence
 
 from ..errors import NotFoundError, XregError
 from ..registry import Registry
-from ..serving import Query, Recommendation, item_embeddings, load_model, recommend_many
+from ..ann import AnnConfig
+from ..runtimes import use_runtime
+from ..serving import Query, Recommendation, catalogue, load_model, recommend_many
 from ..subjects import LoadedSubject, Subject, resolve_subject
 
 # A subject whose load failed is answered 503 at once for this long, then retried.
@@ -125,10 +127,13 @@ class Served:
 class ModelCache:
     """Subjects loaded on first use (or preloaded), at most ``max_models`` at a time."""
 
-    def __init__(self, registry: Registry, max_models: int, batching: BatchingConfig) -> None:
+    def __init__(self, registry: Registry, max_models: int, batching: BatchingConfig,
+                 runtime: str = "torch", ann: AnnConfig | None = None) -> None:
         self.registry = registry
         self.max_models = max_models
         self.batching = batching
+        self.runtime = runtime
+        self.ann = ann or AnnConfig()
         self._loaded: OrderedDict[str, Served] = OrderedDict()
         self._locks: dict[str, asyncio.Lock] = {}
         self._failed: dict[str, tuple[float, str]] = {}
@@ -193,7 +198,10 @@ class ModelCache:
     def _load(self, subject: Subject) -> LoadedSubject:
         model = load_model(self.registry, subject.name)
         if model.scorer.mode.ranks_catalogue:
-            item_embeddings(model)  # computed (or read from the cache) now, not by a request
+            # Built (or read from the cache) now, not by a request: the catalogue's
+            # embeddings, prior and index, and the runtime that encodes histories.
+            catalogue(model, self.ann)
+            use_runtime(model, self.runtime)
         return model
 
     def shutdown(self) -> None:
