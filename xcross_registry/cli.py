@@ -633,6 +633,36 @@ def serve(
                             runtime=runtime, ann=AnnConfig(min_items=ann_min_items)))
 
 
+@app.command("serve-ray")
+def serve_ray(
+    address: Optional[str] = typer.Option(None, "--address", help="Ray cluster to join (default: "
+                                          "$RAY_ADDRESS or the cluster `ray start` runs here)."),
+    replicas: int = typer.Option(2, "--replicas", min=1, help="Copies of the service (one CPU each)."),
+    max_models: int = typer.Option(4, "--max-models", min=1, help="Subjects each replica keeps loaded."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address Serve's HTTP proxy listens on."),
+    port: int = typer.Option(8000, "--port", min=1, max=65535, help="Port of Serve's HTTP proxy."),
+    runtime: str = typer.Option("torch", "--runtime", help="How request histories are encoded: torch or onnx."),
+    ann_min_items: int = typer.Option(100_000, "--ann-min-items", min=1,
+                                      help="Catalogues of at least this many items use an approximate index."),
+) -> None:
+    """Deploy the service on a Ray cluster (Ray Serve, subjects multiplexed between replicas)
+    and keep it up until interrupted."""
+    import time
+
+    from .server.ray_serve import RayServeConfig, deploy, undeploy
+
+    config = RayServeConfig(replicas=replicas, max_models=max_models, host=host, port=port,
+                            runtime=runtime, ann_min_items=ann_min_items)
+    url = deploy(config, address)
+    print(f"xreg serve-ray: {url}/v1/recommend on {replicas} replica(s); Ctrl-C removes the deployment",
+          file=sys.stderr, flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        undeploy()
+
+
 @app.command()
 def leaderboard(
     domain: str = typer.Argument(..., metavar="DOMAIN", help="Domain whose evaluations to show."),
