@@ -9,8 +9,8 @@ from xcross_registry.runtimes import RUNTIMES, runtime
 
 
 def test_unknown_runtime_names_the_known_ones():
-    assert set(RUNTIMES) >= {"torch", "onnx"} and runtime("torch").exact
-    with pytest.raises(ValidationError, match="unknown runtime 'tvm': use torch, onnx"):
+    assert set(RUNTIMES) >= {"torch", "onnx", "onnx-int8"} and runtime("torch").exact
+    with pytest.raises(ValidationError, match="unknown runtime 'tvm': use torch, onnx, onnx-int8"):
         runtime("tvm")
 
 
@@ -39,3 +39,9 @@ def test_onnx_runtime_ranks_like_torch_and_exports_once(xreg_home, tiny_base, mo
     again = serving.load_model(registry, "toys")
     runtimes.use_runtime(again, "onnx")
     assert [r.item_id for r in serving.recommend(again, histories[0], top=10)] == [r.item_id for r in fast[0]]
+    # int8 quantises the cached export (no new export) into a file of its own; its
+    # scores are close to, not equal to, the float ones.
+    runtimes.use_runtime(again, "onnx-int8")
+    quantised = serving.recommend(again, histories[0], top=10)
+    assert len(quantised) == 10 and len(list((xreg_home / "cache" / "onnx").glob("*-int8.onnx"))) == 1
+    assert [r.score for r in quantised] == pytest.approx([r.score for r in exact[0]], abs=0.5)
