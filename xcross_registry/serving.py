@@ -74,7 +74,8 @@ class Catalogue:
 def catalogue(model: LoadedSubject, ann: AnnConfig | None = None) -> Catalogue:
     """The model's :class:`Catalogue`: read from (or computed into) the disk cache once,
     then kept with the loaded model.  ``ann`` (default :class:`AnnConfig`) decides
-    whether an index is built (or read from the cache beside the embeddings)."""
+    whether an index is built (or read from the cache beside the embeddings); the first
+    call for a loaded model decides, later calls get what it built."""
     built = model.derived.get("catalogue")
     if built is not None:
         return built
