@@ -617,7 +617,8 @@ def serve(
     max_batch: int = typer.Option(32, "--max-batch", min=1, help="Most requests scored in one batch."),
     no_batching: bool = typer.Option(False, "--no-batching", help="Score every request alone."),
     runtime: str = typer.Option("torch", "--runtime", help="How request histories are encoded: torch "
-                                "(exact) or onnx (ONNX Runtime, faster; the onnx extra)."),
+                                "(exact), onnx (ONNX Runtime, faster, same rankings to float rounding) "
+                                "or onnx-int8 (fastest, changes rankings); the onnx extra."),
     ann_min_items: int = typer.Option(100_000, "--ann-min-items", min=1, help="Catalogues of at least "
                                       "this many items are searched through an approximate index (the ann extra)."),
 ) -> None:
@@ -641,7 +642,8 @@ def serve_ray(
     max_models: int = typer.Option(4, "--max-models", min=1, help="Subjects each replica keeps loaded."),
     host: str = typer.Option("127.0.0.1", "--host", help="Address Serve's HTTP proxy listens on."),
     port: int = typer.Option(8000, "--port", min=1, max=65535, help="Port of Serve's HTTP proxy."),
-    runtime: str = typer.Option("torch", "--runtime", help="How request histories are encoded: torch or onnx."),
+    runtime: str = typer.Option("torch", "--runtime", help="How request histories are encoded: torch, "
+                                "onnx or onnx-int8 (see xreg serve --help)."),
     ann_min_items: int = typer.Option(100_000, "--ann-min-items", min=1,
                                       help="Catalogues of at least this many items use an approximate index."),
 ) -> None:
