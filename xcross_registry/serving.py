@@ -100,12 +100,14 @@ def catalogue(model: LoadedSubject, ann: AnnConfig | None = None) -> Catalogue:
     return built
 
 
-def item_embeddings(model: LoadedSubject, batch_size: int = 256) -> torch.Tensor:
+def item_embeddings(model: LoadedSubject) -> torch.Tensor:
     """The catalogue's item embeddings for a dual model, computed once and cached on disk."""
     return catalogue(model).embeddings
 
 
 def _cached_embeddings(model: LoadedSubject, path: "os.PathLike", batch_size: int = 256) -> torch.Tensor:
+    """The embeddings stored at ``path``, or the catalogue encoded now and stored there
+    (a damaged or foreign file is recomputed, never trusted)."""
     from safetensors.torch import load_file, save_file
 
     if os.path.isfile(path):
