@@ -28,13 +28,13 @@ from __future__ import annotations
 import math
 import os
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .errors import ValidationError, refuse_unknown_fields
+from .errors import ValidationError
 
 
 @dataclass(frozen=True)
@@ -72,13 +72,6 @@ class AnnConfig:
     def key(self) -> str:
         """What distinguishes this index from other builds over the same vectors."""
         return f"ivf{self.nlist}-sq8-t{self.train_size}-s{self.seed}"
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "AnnConfig":
-        return cls(**refuse_unknown_fields(cls, values, "ann config"))
 
 
 def _faiss():
