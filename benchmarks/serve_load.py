@@ -1,4 +1,6 @@
-"""Load on ``xreg serve`` (issue 14): latency and throughput with and without micro-batching.
+"""Load on ``xreg serve`` (issues 14, 25): latency and throughput with and without
+micro-batching, against the code before a change (``--baseline TREE``) and with other
+history runtimes (``--runtimes onnx``).
 
 The script starts two ``xreg serve`` processes on free 127.0.0.1 ports with NAME
 preloaded, one micro-batching and one with ``--no-batching``, waits until both are
@@ -112,15 +114,18 @@ def run_clients(port: int, subject: str, histories: list[list[str]], clients: in
 
 
 @contextlib.contextmanager
-def running_server(args, batching: bool) -> Iterator[int]:
-    """``xreg serve`` with NAME preloaded, on a free port; stopped however the block ends."""
+def running_server(args, flags: list[str], tree: str | None = None) -> Iterator[int]:
+    """``xreg serve`` with NAME preloaded, on a free port, from this checkout or from the
+    source tree ``tree`` (the code before a change); stopped however the block ends."""
     port = free_port()
     command = [*XREG, "serve", "--port", str(port), "--preload", args.name,
-               "--batch-wait-ms", str(args.batch_wait_ms)]
-    if not batching:
-        command.append("--no-batching")
-    process = subprocess.Popen(command, env=os.environ, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
+               "--batch-wait-ms", str(args.batch_wait_ms), *flags]
+    env = dict(os.environ)
+    if tree is not None:
+        root = os.path.abspath(tree)
+        env["PYTHONPATH"] = os.pathsep.join([root, os.path.join(root, "plugins")])
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, cwd=tree)
     try:
         wait_ready(port, process, args.ready_timeout)
         yield port
@@ -151,6 +156,10 @@ def main() -> None:
     parser.add_argument("--batch-wait-ms", type=float, default=5.0)
     parser.add_argument("--users", type=int, default=200, help="test users whose histories are sent")
     parser.add_argument("--cli-repeats", type=int, default=3)
+    parser.add_argument("--baseline", help="a source tree (e.g. `git archive COMMIT | tar -x -C TREE`) "
+                        "whose batching server is compared with this checkout's")
+    parser.add_argument("--runtimes", default="", help="also serve with these runtimes of this "
+                        "checkout (`xreg serve --runtime`), comma-separated, e.g. onnx")
     parser.add_argument("--ready-timeout", type=float, default=1800.0,
                         help="seconds to wait for the preload (the first run encodes the catalogue)")
     args = parser.parse_args()
@@ -166,12 +175,19 @@ def main() -> None:
     histories = [[data.items[i].title for i in user.history] for user in data.test if user.history]
     histories = histories[:args.users]
 
-    # Both servers run side by side (an idle one costs no CPU) and the modes take turns
-    # at each client count, so that load from elsewhere on the machine hits both alike.
-    results: dict[str, list[dict]] = {"batched": [], "unbatched": []}
+    # The servers run side by side (an idle one costs no CPU) and take turns at each
+    # client count, so that load from elsewhere on the machine hits them all alike.
+    servers: dict[str, tuple[list[str], str | None]] = {}
+    if args.baseline:
+        servers["baseline batched"] = ([], args.baseline)
+    servers["batched"] = ([], None)
+    servers["unbatched"] = (["--no-batching"], None)
+    for runtime in filter(None, args.runtimes.split(",")):
+        servers[f"batched {runtime}"] = (["--runtime", runtime], None)
+    results: dict[str, list[dict]] = {mode: [] for mode in servers}
     with contextlib.ExitStack() as stack:
-        ports = {mode: stack.enter_context(running_server(args, batching=mode == "batched"))
-                 for mode in results}
+        ports = {mode: stack.enter_context(running_server(args, flags, tree))
+                 for mode, (flags, tree) in servers.items()}
         for mode, port in ports.items():  # warm-up
             run_clients(port, args.name, histories, 2, min(3.0, args.seconds))
         for clients in args.clients:
@@ -179,8 +195,10 @@ def main() -> None:
                 results[mode].append(run_clients(port, args.name, histories, clients, args.seconds))
     cli = cli_seconds(args.name, histories[0], args.cli_repeats)
 
+    load = os.getloadavg()
     print(f"# {args.name}: {len(data.items)} items, whole-catalogue top 10, {len(histories)} test-user "
-          f"histories, {args.seconds:g} s per row, {os.cpu_count()} CPUs, batch wait {args.batch_wait_ms:g} ms")
+          f"histories, {args.seconds:g} s per row, {os.cpu_count()} CPUs, batch wait {args.batch_wait_ms:g} ms, "
+          f"load average {load[0]:.2f} {load[1]:.2f} at the end")
     print(f"xreg recommend (fresh process, model load included): median {cli:.3f} s over "
           f"{args.cli_repeats} runs = {1 / cli:.3f} requests/s")
     print(f"{'mode':<10} {'clients':>7} {'requests':>8} {'req/s':>8} {'p50 ms':>8} {'p95 ms':>8} "
@@ -195,6 +213,13 @@ def main() -> None:
     for batched, unbatched in zip(results["batched"], results["unbatched"]):
         print(f"micro-batching at {batched['clients']:>2} clients: {batched['rps'] / unbatched['rps']:.2f}x "
               f"the requests/s of unbatched")
+    reference = "baseline batched" if args.baseline else "batched"
+    for mode, rows in results.items():
+        if mode == reference:
+            continue
+        for row, before in zip(rows, results[reference]):
+            print(f"{mode} at {row['clients']:>2} clients against {reference}: {row['rps'] / before['rps']:.2f}x "
+                  f"the requests/s, p50 {before['p50'] / row['p50']:.2f}x faster")
 
 
 if __name__ == "__main__":

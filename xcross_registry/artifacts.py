@@ -1,10 +1,18 @@
-"""Content-addressed artifact store.
+"""Content-addressed artifact store: a local folder, or object storage through fsspec.
 
 Every file the registry points to (adapter weights, heads, integrators, evaluation
-candidates) lives under ``$XREG_HOME/artifacts`` named by the sha256 of its bytes.
-Writes go to a temporary file in the same folder and are renamed into place, so a
-crash never leaves a half-written artifact under a real digest; reads recompute the
-digest, so a flipped byte is caught before the bytes are used.
+candidates) lives under ``$XREG_ARTIFACTS`` (default ``$XREG_HOME/artifacts``) named by
+the sha256 of its bytes (``ab/abcdef…``).  Reads recompute the digest, so a flipped
+byte is caught before the bytes are used.
+
+* A local folder (:class:`ArtifactStore`): writes go to a temporary file in the
+  store's staging folder and are renamed into place, so a crash never leaves a
+  half-written artifact under a real digest; ``flock`` orders writers against ``gc``.
+* An fsspec URL (:class:`RemoteArtifactStore`, e.g. ``s3://bucket/prefix``), so that
+  replicas on several machines beside one PostgreSQL registry share every artifact.
+  An object store's PUT is atomic (a reader sees the whole object or none), which
+  gives the same guarantee as the rename.  Staging folders (training runs, loads)
+  stay on the local disk under ``$XREG_HOME/staging``; see the class for ``gc``.
 """
 
 from __future__ import annotations
@@ -16,8 +24,11 @@ import os
 import shutil
 import socket
 import tempfile
+import time
+from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 from .errors import ArtifactError
 
@@ -25,11 +36,25 @@ _CHUNK = 1 << 20
 LOCK_SUFFIX = ".lock"
 
 
+@dataclass(frozen=True)
+class StoredArtifact:
+    """One stored artifact as ``gc`` sees it: its digest, size and last write (epoch s)."""
+
+    digest: str
+    size: int
+    modified: float
+
+
 class ArtifactStore:
     """Files addressed by sha256 under ``root`` (``ab/abcdef…``)."""
 
     def __init__(self, root: str | os.PathLike) -> None:
         self.root = Path(root)
+
+    @property
+    def location(self) -> str:
+        """Where the artifacts live, as a user would write it."""
+        return str(self.root)
 
     @property
     def staging(self) -> Path:
@@ -107,6 +132,33 @@ class ArtifactStore:
                 if path.is_file() and is_digest(path.name) and path.name[:2] == shard.name:
                     yield path.name, path
 
+    def listing(self) -> Iterator[StoredArtifact]:
+        """Every stored artifact with its size and last write (what ``gc`` decides on)."""
+        for digest, path in self.stored():
+            stat = path.stat()
+            yield StoredArtifact(digest, stat.st_size, stat.st_mtime)
+
+    def size(self, digest: str) -> int | None:
+        """An artifact's size in bytes, None when it is absent."""
+        try:
+            return self.path(digest).stat().st_size
+        except FileNotFoundError:
+            return None
+
+    def head(self, digest: str, count: int) -> bytes | None:
+        """The first ``count`` bytes of an artifact (unchecked), None when it is absent."""
+        try:
+            with open(self.path(digest), "rb") as handle:
+                return handle.read(count)
+        except FileNotFoundError:
+            return None
+
+    def remove(self, digest: str) -> None:
+        path = self.path(digest)
+        path.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # not empty, or already gone
+            path.parent.rmdir()
+
     def put_file(self, source: str | os.PathLike) -> str:
         return self.put_bytes(Path(source).read_bytes())
 
@@ -174,6 +226,129 @@ class ArtifactStore:
             else:
                 entry.unlink(missing_ok=True)
         return len(entries)
+
+
+class RemoteArtifactStore(ArtifactStore):
+    """Artifacts on any fsspec file system (``s3://bucket/prefix``, ``gs://…``,
+    ``memory://…``), with the local folder ``staging_root`` for staging.
+
+    The same digests, layout, digest checks and staging as a local store.  ``gc`` on an
+    object store: every write of an artifact, a new one or one that is already there,
+    PUTs its bytes, so the object's modification time is the time of its last
+    registration, and ``gc`` keeps unreferenced artifacts younger than its grace
+    period exactly as it does locally.  The store-wide lock is a ``flock`` on the local
+    staging folder: it orders ``gc`` against writers of the same machine; writers on
+    other machines are protected by the grace period alone (keep it longer than any
+    registration takes: the default hour is)."""
+
+    def __init__(self, url: str, staging_root: str | os.PathLike) -> None:
+        import fsspec
+
+        try:
+            self.fs, self.prefix = fsspec.core.url_to_fs(url)
+        except (ImportError, ValueError) as exc:
+            raise ArtifactError(f"cannot open the artifact store {url}: {exc}") from None
+        self.url = url.rstrip("/")
+        self.prefix = self.prefix.rstrip("/")
+        self.root = Path(staging_root)
+
+    @property
+    def location(self) -> str:
+        return self.url
+
+    @property
+    def staging(self) -> Path:
+        return self.root / "tmp"
+
+    def key(self, digest: str) -> str:
+        _check_digest(digest)
+        return f"{self.prefix}/{digest[:2]}/{digest}"
+
+    def path(self, digest: str) -> Path:
+        raise ArtifactError(f"artifact {digest} lives in {self.url}, not in a local folder")
+
+    def exists(self, digest: str) -> bool:
+        key = self.key(digest)
+        self.fs.invalidate_cache(key)
+        return self.fs.exists(key)
+
+    def put_bytes(self, data: bytes) -> str:
+        digest = hashlib.sha256(data).hexdigest()
+        try:
+            with self.lock(shared=True):
+                self.fs.pipe_file(self.key(digest), data)
+        except OSError as exc:
+            raise ArtifactError(f"cannot write to the artifact store {self.url}: {exc}") from None
+        return digest
+
+    def get_bytes(self, digest: str) -> bytes:
+        key = self.key(digest)
+        try:
+            data = self.fs.cat_file(key)
+        except FileNotFoundError:
+            raise ArtifactError(f"artifact {digest} is missing from {self.url}") from None
+        except OSError as exc:
+            raise ArtifactError(f"artifact {digest} cannot be read from {self.url}: {exc}") from None
+        actual = hashlib.sha256(data).hexdigest()
+        if actual != digest:
+            raise ArtifactError(f"artifact {digest} is corrupt: its bytes hash to {actual} "
+                                f"({self.url}/{digest[:2]}/{digest})")
+        return data
+
+    def size(self, digest: str) -> int | None:
+        try:
+            return int(self.fs.size(self.key(digest)))
+        except FileNotFoundError:
+            return None
+
+    def head(self, digest: str, count: int) -> bytes | None:
+        try:
+            return self.fs.cat_file(self.key(digest), start=0, end=count)
+        except FileNotFoundError:
+            return None
+
+    def stored(self) -> Iterator[tuple[str, Path]]:
+        raise ArtifactError(f"the artifacts in {self.url} are not local files; use listing()")
+
+    def listing(self) -> Iterator[StoredArtifact]:
+        self.fs.invalidate_cache(self.prefix)
+        try:
+            found = self.fs.find(self.prefix, detail=True)
+        except FileNotFoundError:
+            return
+        for key, info in sorted(found.items()):
+            shard, _, name = key[len(self.prefix):].strip("/").rpartition("/")
+            if is_digest(name) and shard == name[:2]:
+                yield StoredArtifact(name, int(info.get("size") or 0), _modified(info))
+
+    def remove(self, digest: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.fs.rm_file(self.key(digest))
+
+
+def _modified(info: dict[str, Any]) -> float:
+    """An fsspec entry's last write as epoch seconds (S3: ``LastModified``)."""
+    for name in ("LastModified", "mtime", "last_modified", "created", "updated"):
+        value = info.get(name)
+        if isinstance(value, datetime):
+            return value.timestamp()
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, str):
+            with contextlib.suppress(ValueError):
+                return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+    return time.time()  # unknown: taken as just written, so gc keeps it for the grace period
+
+
+def open_store(location: str | os.PathLike) -> ArtifactStore:
+    """The store at ``location``: a folder, or a URL with an fsspec protocol (staging
+    then goes to ``$XREG_HOME/staging``)."""
+    text = str(location)
+    if "://" in text and not text.startswith("file://"):
+        from . import settings
+
+        return RemoteArtifactStore(text, settings.home() / "staging")
+    return ArtifactStore(text[len("file://"):] if text.startswith("file://") else text)
 
 
 def _in_use(entry: Path) -> bool:

@@ -28,10 +28,38 @@ def bucketed(scorer: "Scorer", rows: Sequence[Any], texts: Sequence[str],
              run: Callable[[list[Any]], torch.Tensor]) -> torch.Tensor:
     """``run`` over ``rows`` in passes of at most PASS_SIZE rows whose ``texts`` have the
     same padded length; its results ``[len(rows), ...]`` in the order of ``rows``."""
-    lengths = scorer.tokenizer(list(texts), truncation=True, max_length=scorer.config.max_length)["input_ids"]
+    return _in_length_groups(rows, [len(ids) for ids in _token_ids(scorer, texts)], run)
+
+
+def embed_texts(scorer: "Scorer", texts: Sequence[str],
+                embed: Callable[..., torch.Tensor] | None = None) -> torch.Tensor:
+    """The scorer's embedding ``[len(texts), H]`` of each text, each as it would be alone;
+    ``embed(input_ids=…, attention_mask=…)`` in place of ``scorer.embed`` when given (a
+    faster runtime, see :mod:`xcross_registry.runtimes`).
+
+    Each text is tokenised once: its ids decide its length group and are then padded
+    (exactly as ``Scorer.tokenize(..., pad_to_multiple_of=PAD_MULTIPLE)`` pads them)."""
+    ids = _token_ids(scorer, texts)
+    embed = embed or scorer.embed
+
+    def run(chunk: list[list[int]]) -> torch.Tensor:
+        padded = scorer.tokenizer.pad({"input_ids": chunk}, padding=True, return_tensors="pt",
+                                      pad_to_multiple_of=PAD_MULTIPLE)
+        inputs = {"input_ids": padded["input_ids"], "attention_mask": padded["attention_mask"]}
+        return embed(**to_device(inputs, scorer.device))
+
+    return _in_length_groups(ids, [len(row) for row in ids], run)
+
+
+def _token_ids(scorer: "Scorer", texts: Sequence[str]) -> list[list[int]]:
+    return scorer.tokenizer(list(texts), truncation=True, max_length=scorer.config.max_length)["input_ids"]
+
+
+def _in_length_groups(rows: Sequence[Any], lengths: Sequence[int],
+                      run: Callable[[list[Any]], torch.Tensor]) -> torch.Tensor:
     buckets: dict[int, list[int]] = {}
-    for position, ids in enumerate(lengths):
-        buckets.setdefault(-(-len(ids) // PAD_MULTIPLE), []).append(position)
+    for position, length in enumerate(lengths):
+        buckets.setdefault(-(-length // PAD_MULTIPLE), []).append(position)
     parts, order = [], []
     for members in buckets.values():
         for start in range(0, len(members), PASS_SIZE):
@@ -39,12 +67,6 @@ def bucketed(scorer: "Scorer", rows: Sequence[Any], texts: Sequence[str],
             parts.append(run([rows[k] for k in chunk]))
             order += chunk
     return torch.cat(parts)[torch.argsort(torch.tensor(order))]
-
-
-def embed_texts(scorer: "Scorer", texts: Sequence[str]) -> torch.Tensor:
-    """The scorer's embedding ``[len(texts), H]`` of each text, each as it would be alone."""
-    return bucketed(scorer, texts, texts, lambda chunk: scorer.embed(
-        **to_device(scorer.tokenize(chunk, pad_to_multiple_of=PAD_MULTIPLE), scorer.device)))
 
 
 def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:

@@ -110,13 +110,13 @@ def _table(title: str, columns: list[str], rows: list[list[Any]], empty: str | N
 @app.command()
 def init() -> None:
     """Create the registry (or upgrade its schema) under $XREG_HOME."""
-    from . import database, settings
+    from . import database
 
     registry = _registry()
     revision = database.current_revision(registry.sessions.kw["bind"])
     removed = registry.store.clean_staging()
     print(f"registry ready at {registry.display_url} (schema {revision}); artifacts in "
-          f"{settings.artifacts_root()}" + (f"; cleaned {removed} leftovers" if removed else ""))
+          f"{registry.store.location}" + (f"; cleaned {removed} leftovers" if removed else ""))
 
 
 @app.command()
@@ -700,6 +700,31 @@ def _note_unmatched_history(model, history: list[str]) -> None:
                         f"text (`xreg items {model.domain} --search WORDS` finds titles)"), file=sys.stderr)
 
 
+@app.command("recommend-batch")
+def recommend_batch(
+    domain: str = typer.Argument(..., metavar="DOMAIN", help="Domain whose users get recommendations."),
+    name: str = typer.Argument(..., metavar="SUBJECT", help="Dual composition or adapter that ranks."),
+    users: str = typer.Option("all", "--users", help="all, or one split: train, valid, test."),
+    out: str = typer.Option(..., "--out", metavar="FILE.parquet", help="Parquet file to write."),
+    top: int = typer.Option(10, "--top", min=1, help="Items per user."),
+    exact: bool = typer.Option(False, "--exact", help="Score the whole catalogue exactly even where "
+                               "it has an approximate index."),
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Rank the catalogue for every user of a domain into one Parquet file (one process, or
+    one share per process under accelerate launch)."""
+    from .batch import recommend_batch as run_batch
+
+    report = run_batch(_registry(), domain, name, out, users=users, top=top, exact=exact)
+    if not _is_main_process():
+        return
+    if as_json:
+        _emit_json(report.as_dict())
+        return
+    print(f"wrote {report.rows} rows for {report.users} users to {report.out} "
+          f"({report.processes} process(es), {report.seconds:.1f} s)")
+
+
 @app.command()
 def serve(
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on."),
@@ -725,8 +750,14 @@ def serve(
                                          "send a request's line and headers (then 408)."),
     body_timeout: float = typer.Option(30.0, "--body-timeout", help="Seconds a client has to "
                                        "send a request's body (then 408)."),
+    runtime: str = typer.Option("torch", "--runtime", help="How request histories are encoded: torch "
+                                "(exact), onnx (ONNX Runtime, faster, same rankings to float rounding) "
+                                "or onnx-int8 (fastest, changes rankings); the onnx extra."),
+    ann_min_items: int = typer.Option(100_000, "--ann-min-items", min=1, help="Catalogues of at least "
+                                      "this many items are searched through an approximate index (the ann extra)."),
 ) -> None:
     """Serve recommendations over HTTP (JSON API under /v1) and a registry browser at /."""
+    from .ann import AnnConfig
     from .server import BatchingConfig, ServerConfig
     from .server import serve as run_server
     from .server.app import read_token
@@ -737,7 +768,39 @@ def serve(
                             load_wait_s=load_wait,
                             preload=[n.strip() for n in (preload or "").split(",") if n.strip()],
                             token=read_token(token_file), allowed_hosts=list(allowed_host),
-                            header_timeout_s=header_timeout, body_timeout_s=body_timeout))
+                            header_timeout_s=header_timeout, body_timeout_s=body_timeout,
+                            runtime=runtime, ann=AnnConfig(min_items=ann_min_items)))
+
+
+@app.command("serve-ray")
+def serve_ray(
+    address: Optional[str] = typer.Option(None, "--address", help="Ray cluster to join (default: "
+                                          "$RAY_ADDRESS or the cluster `ray start` runs here)."),
+    replicas: int = typer.Option(2, "--replicas", min=1, help="Copies of the service (one CPU each)."),
+    max_models: int = typer.Option(4, "--max-models", min=1, help="Subjects each replica keeps loaded."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address Serve's HTTP proxy listens on."),
+    port: int = typer.Option(8000, "--port", min=1, max=65535, help="Port of Serve's HTTP proxy."),
+    runtime: str = typer.Option("torch", "--runtime", help="How request histories are encoded: torch, "
+                                "onnx or onnx-int8 (see xreg serve --help)."),
+    ann_min_items: int = typer.Option(100_000, "--ann-min-items", min=1,
+                                      help="Catalogues of at least this many items use an approximate index."),
+) -> None:
+    """Deploy the service on a Ray cluster (Ray Serve, subjects multiplexed between replicas)
+    and keep it up until interrupted."""
+    import time
+
+    from .server.ray_serve import RayServeConfig, deploy, undeploy
+
+    config = RayServeConfig(replicas=replicas, max_models=max_models, host=host, port=port,
+                            runtime=runtime, ann_min_items=ann_min_items)
+    url = deploy(config, address)
+    print(f"xreg serve-ray: {url}/v1/recommend on {replicas} replica(s); Ctrl-C removes the deployment",
+          file=sys.stderr, flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        undeploy()
 
 
 @app.command()

@@ -64,19 +64,17 @@ def collect_garbage(registry: Registry, *, dry_run: bool = False,
         referenced = referenced_digests(registry)
         report = GcReport(dry_run=dry_run, referenced=0, grace_seconds=grace_seconds)
         now = time.time()
-        for digest, path in store.stored():
-            if digest in referenced:
+        for artifact in store.listing():
+            if artifact.digest in referenced:
                 report.referenced += 1
                 continue
-            stat = path.stat()
-            if now - stat.st_mtime < grace_seconds:
-                report.kept_recent.append(digest)
+            if now - artifact.modified < grace_seconds:
+                report.kept_recent.append(artifact.digest)
                 continue
-            report.removed.append(digest)
-            report.bytes_freed += stat.st_size
+            report.removed.append(artifact.digest)
+            report.bytes_freed += artifact.size
             if not dry_run:
-                path.unlink()
-                _remove_if_empty(path.parent)
+                store.remove(artifact.digest)
         stale = store.stale_staging()
         sizes = {entry: _size(entry) for entry in stale}
         if not dry_run:
@@ -102,14 +100,8 @@ def referenced_digests(registry: Registry) -> set[str]:
 
 def _digests_in_artifact(registry: Registry, digest: str) -> set[str]:
     """The digests a stored JSON document (a manifest, a settings file) names."""
-    path = registry.store.path(digest)
-    try:
-        if path.stat().st_size > _JSON_ARTIFACT_MAX_BYTES:
-            return set()
-        with open(path, "rb") as handle:
-            if handle.read(1) not in (b"{", b"["):
-                return set()
-    except FileNotFoundError:
+    size = registry.store.size(digest)
+    if size is None or size > _JSON_ARTIFACT_MAX_BYTES or registry.store.head(digest, 1) not in (b"{", b"["):
         return set()
     try:
         document = json.loads(registry.store.get_bytes(digest))
@@ -143,13 +135,6 @@ def _size(entry: Path) -> int:
     if entry.is_dir():
         return sum(p.stat().st_size for p in entry.rglob("*") if p.is_file())
     return entry.stat().st_size if entry.exists() else 0
-
-
-def _remove_if_empty(folder: Path) -> None:
-    try:
-        folder.rmdir()
-    except OSError:  # not empty, or already gone
-        pass
 
 
 def format_bytes(count: int) -> str:

@@ -30,7 +30,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
 from . import settings
-from .artifacts import ArtifactStore
+from .artifacts import open_store
 from .data import DomainData, DomainType, Item, validate_domain_data, validate_domain_type
 from .database import explained_errors, open_session_factory
 from .errors import (ConflictError, DataError, ModelError, NotFoundError, PluginError,
@@ -81,7 +81,7 @@ class Registry:
         self.sessions = open_session_factory(self.url)
         # What may be printed: the password masked.
         self.display_url = mask_url(self.sessions.kw["bind"].url)
-        self.store = ArtifactStore(artifacts or settings.artifacts_root())
+        self.store = open_store(artifacts or settings.artifacts_location())
         self._plugins = plugins
         self._data_cache: dict[str, DomainData] = {}
 

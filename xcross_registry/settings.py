@@ -21,3 +21,9 @@ def database_url() -> str:
 
 def artifacts_root() -> Path:
     return home() / "artifacts"
+
+
+def artifacts_location() -> str:
+    """``$XREG_ARTIFACTS``: a folder or an fsspec URL (``s3://bucket/prefix``) shared by
+    replicas on several machines; ``$XREG_HOME/artifacts`` by default."""
+    return os.environ.get("XREG_ARTIFACTS") or str(artifacts_root())

@@ -221,6 +221,9 @@ class LoadedSubject:
     scorer: "Scorer | None" = None
     template: "PromptTemplate | None" = None
     requested_template: str | None = None
+    # What serving derives from the model once (its catalogue's embeddings, prior and
+    # index: see serving.catalogue), kept with the loaded model it belongs to.
+    derived: dict[str, Any] = field(default_factory=dict, init=False, repr=False)
     _positions: dict[str, int] | None = field(default=None, init=False, repr=False)
     _keys: dict[str, "Item"] | None = field(default=None, init=False, repr=False)
 

@@ -314,7 +314,7 @@ def _on_cpu(device: str) -> bool:
     return device == "cpu" or not torch.cuda.is_available()
 
 
-def _process_state():
+def process_state():
     """accelerate's process-wide state (the one :func:`train_scorer`'s Accelerator uses)."""
     from accelerate import PartialState
 
@@ -323,7 +323,7 @@ def _process_state():
 
 def is_main_process() -> bool:
     """True except in the non-zero ranks of a multi-process launch (accelerate, torchrun)."""
-    return _process_state().is_main_process
+    return process_state().is_main_process
 
 
 # "diverged" outranks the others: a process whose loss or weights are no longer finite
@@ -585,7 +585,7 @@ def _mean_over_processes(accelerator, total: float, count: int) -> float:
 
 def wait_for_main(value: Any) -> Any:
     """``value`` as the main process computed it, on every process (which waits for it)."""
-    if _process_state().num_processes == 1:
+    if process_state().num_processes == 1:
         return value
     from accelerate.utils import broadcast_object_list
 

@@ -81,6 +81,9 @@ class DualMode(ScoringMode):
     def score_embeddings(self, scorer: "Scorer", queries: "Tensor", documents: "Tensor") -> "Tensor":
         return scorer.head(queries, documents)
 
+    def query_vectors(self, scorer: "Scorer", queries: "Tensor") -> "Tensor":
+        return scorer.head.query_vectors(queries)
+
     def score_matrix(self, scorer: "Scorer", data: "DomainData", template: "PromptTemplate",
                      histories: Sequence[Sequence["Item"]], matrix: "np.ndarray", batch_size: int,
                      stop: Callable[[], bool], report: Callable[[int, int], None]) -> list["np.ndarray"]:

@@ -67,9 +67,14 @@ class DualHead(nn.Module):
     def scale(self) -> Tensor:
         return self.log_scale.exp().clamp(max=MAX_SCALE)
 
+    def query_vectors(self, queries: Tensor) -> Tensor:
+        """``scale · q + prior``: what a document's embedding is multiplied with, so that a
+        nearest-neighbour index over the documents ranks as this head scores."""
+        return self.scale * queries + self.prior
+
     def forward(self, queries: Tensor, documents: Tensor) -> Tensor:
         """``queries [B, D]`` against ``documents [B, C, D]`` (per query) or ``[N, D]`` (shared)."""
-        queries = self.scale * queries + self.prior
+        queries = self.query_vectors(queries)
         if documents.dim() == 3:
             return torch.einsum("bd,bcd->bc", queries, documents)
         return queries @ documents.T

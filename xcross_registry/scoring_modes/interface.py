@@ -85,6 +85,14 @@ class ScoringMode(ABC):
         ``[N, D]`` shared by all queries (``[B, N]``) or ``[B, C, D]`` per query (``[B, C]``)."""
         raise NotImplementedError(f"scoring mode {self.name!r} does not rank a catalogue")
 
+    def query_vectors(self, scorer: "Scorer", queries: "Tensor") -> "Tensor | None":
+        """Catalogue rankers whose :meth:`score_embeddings` against documents ``[N, D]`` is
+        an inner product ``query_vectors(queries) @ documents.T``: those vectors ``[B, D]``,
+        which a nearest-neighbour index over the documents can search (see
+        :mod:`xcross_registry.ann`).  ``None``: this mode's scores are not such a product,
+        and its catalogues are always scored exactly."""
+        return None
+
     def score_matrix(self, scorer: "Scorer", data: "DomainData", template: "PromptTemplate",
                      histories: Sequence[Sequence["Item"]], matrix: "np.ndarray", batch_size: int,
                      stop: Callable[[], bool], report: Callable[[int, int], None]) -> list["np.ndarray"]:

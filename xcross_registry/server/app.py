@@ -22,9 +22,11 @@ from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
 from starlette.exceptions import HTTPException
 
+from ..ann import AnnConfig
 from ..checks import finite_positive
 from ..errors import NotFoundError, ValidationError, XregError
 from ..registry import Registry
+from ..runtimes import runtime
 from . import api, pages
 from .models import LOAD_WAIT_S, BatchingConfig, ModelCache, SubjectUnavailable
 
@@ -55,8 +57,11 @@ class ServerConfig:
     allowed_hosts: list[str] = field(default_factory=list)
     header_timeout_s: float = 10.0
     body_timeout_s: float = 30.0
+    runtime: str = "torch"  # how request histories are encoded (xcross_registry.runtimes)
+    ann: AnnConfig = field(default_factory=AnnConfig)  # when a catalogue gets an approximate index
 
     def __post_init__(self) -> None:
+        runtime(self.runtime)  # a ValidationError naming the known runtimes
         for name in ("header_timeout_s", "body_timeout_s"):
             finite_positive(f"--{name[:-2].replace('_', '-')}", getattr(self, name))
         if self.token is not None and (not self.token or any(c.isspace() for c in self.token)):
@@ -317,7 +322,7 @@ def _where(location: tuple) -> str:
 
 def create_app(config: ServerConfig, registry: Registry | None = None) -> FastAPI:
     """The FastAPI application for ``config`` over ``registry`` (default: $XREG_HOME's)."""
-    cache = ModelCache(registry or Registry(), config.max_models, config.batching,
+    cache = ModelCache(registry or Registry(), config.max_models, config.batching, config.runtime, config.ann,
                        load_wait_s=config.load_wait_s, log=_log)
     preload_state: dict[str, Any] = {"done": not config.preload}
 

@@ -20,9 +20,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
+from ..ann import AnnConfig
 from ..errors import NotFoundError, XregError
 from ..registry import Registry
-from ..serving import Query, Recommendation, item_embeddings, load_model, recommend_many
+from ..runtimes import use_runtime
+from ..serving import Query, Recommendation, catalogue, load_model, recommend_many
 from ..subjects import LoadedSubject, Subject, resolve_subject
 
 # A subject whose load failed is answered 503 at once for this long, then retried.
@@ -178,14 +180,18 @@ class ModelCache:
     """Subjects loaded on first use (or preloaded), at most ``max_models`` at a time.
 
     ``log`` receives a line when a load starts, as it encodes (every few seconds) and
-    when it ends: the server log of ``xreg serve``."""
+    when it ends: the server log of ``xreg serve``.  ``runtime`` encodes request
+    histories and ``ann`` decides which catalogues get an approximate index."""
 
     def __init__(self, registry: Registry, max_models: int, batching: BatchingConfig,
+                 runtime: str = "torch", ann: AnnConfig | None = None,
                  load_wait_s: float = LOAD_WAIT_S,
                  log: Callable[[str], None] | None = None) -> None:
         self.registry = registry
         self.max_models = max_models
         self.batching = batching
+        self.runtime = runtime
+        self.ann = ann or AnnConfig()
         self.load_wait_s = load_wait_s
         self._log = log or (lambda line: None)
         self._loaded: OrderedDict[str, Served] = OrderedDict()
@@ -278,7 +284,8 @@ class ModelCache:
     def _load(self, subject: Subject, progress: LoadProgress) -> LoadedSubject:
         model = load_model(self.registry, subject.name)
         if model.scorer.mode.ranks_catalogue:
-            # Computed (or read from the cache) now, not by a request.
+            # Built (or read from the cache) now, not by a request: the catalogue's
+            # embeddings, prior and index, and the runtime that encodes histories.
             progress.stage, progress.total = "encoding the catalogue", len(model.data.items)
             logged = [time.monotonic()]
 
@@ -289,7 +296,8 @@ class ModelCache:
                     logged[0] = now
                     self._log(f"{subject.name}: encoded {done:,} of {total:,} catalogue items")
 
-            item_embeddings(model, progress=encoded)
+            catalogue(model, self.ann, progress=encoded)
+            use_runtime(model, self.runtime)
         return model
 
     def shutdown(self) -> None:
