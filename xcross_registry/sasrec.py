@@ -360,8 +360,10 @@ def train_sasrec(data: DomainData, config: SASRecConfig) -> tuple[SASRecModel, d
                 loss.backward()
                 optimizer.step()
                 count = int(real.sum())
-                if not (math.isfinite(loss.item()) and all_finite(list(model.parameters()))):
-                    raise divergence_error(f"epoch {epoch}", f"--lr {config.lr:g}")
+                if not math.isfinite(loss.item()):
+                    raise divergence_error(f"epoch {epoch}", "loss", f"--lr {config.lr:g}")
+                if not all_finite(list(model.parameters())):
+                    raise divergence_error(f"epoch {epoch}", "weights", f"--lr {config.lr:g}")
                 total += loss.item() * count
                 positions += count
                 optimizer_steps += 1

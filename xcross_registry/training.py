@@ -336,11 +336,11 @@ def all_finite(tensors: Sequence[torch.Tensor]) -> bool:
     return bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all())
 
 
-def divergence_error(where: str, rates: str) -> ModelError:
-    """The error of a run whose loss or weights became NaN or infinite: raised before
-    anything is stored, so the broken model is never registered."""
-    return ModelError(f"training diverged at {where}: the loss or the weights became NaN or "
-                      f"infinite; nothing was registered (lower the learning rate: {rates})")
+def divergence_error(where: str, what: str, rates: str) -> ModelError:
+    """The error of a run whose loss or weights (``what``) became NaN or infinite: raised
+    before anything is stored, so the broken model is never registered."""
+    return ModelError(f"training diverged at {where}: the {what} became NaN or infinite; "
+                      f"nothing was registered (lower the learning rate: {rates})")
 
 
 def _agreed_stop(accelerator, reason: str | None) -> str | None:
@@ -486,7 +486,7 @@ def train_scorer(scorer: Scorer, data: DomainData, template: PromptTemplate, con
             optimizer.zero_grad(set_to_none=True)
 
             step_loss = losses.detach().sum().item() * weight
-            diverged = not (math.isfinite(step_loss) and all_finite(params))
+            broken = "loss" if not math.isfinite(step_loss) else None if all_finite(params) else "weights"
             loss_sum += step_loss
             own_examples += int(weight) * len(own)
             epoch_examples += len(batch)
@@ -498,11 +498,11 @@ def train_scorer(scorer: Scorer, data: DomainData, template: PromptTemplate, con
                 progress(TrainingProgress("train", epoch, epochs, step, len(batches),
                                           loss_sum / max(own_examples, 1), rate, eta,
                                           overall_step=result.optimizer_steps, overall_steps=total_steps))
-            reason = "diverged" if diverged else "time-cap" if time_up() else \
+            reason = "diverged" if broken else "time-cap" if time_up() else \
                 "interrupted" if should_stop is not None and should_stop() else None
             reason = _agreed_stop(accelerator, reason)
             if reason == "diverged":
-                raise divergence_error(f"epoch {epoch}, step {step}",
+                raise divergence_error(f"epoch {epoch}, step {step}", broken or "loss or the weights",
                                        f"--lr {config.lr:g}, --head-lr {config.head_lr or config.lr:g}, "
                                        f"--prior-lr {config.prior_lr:g}")
             if reason is not None:
