@@ -218,7 +218,7 @@ def test_xcross_from_the_mix_starts_as_the_equal_mix_of_its_streams(sources):
         * reference.abs().max().item()
     assert (ours - reference).abs().max().item() <= tolerance
     # and it is not what the default start (independent streams, averaged at the end) gives
-    streams = XCrossEncoder(fresh_base(), load_lora_sources(sources), XCrossConfig())
+    streams = XCrossEncoder(fresh_base(), load_lora_sources(sources), XCrossConfig(init="streams"))
     with torch.no_grad():
         assert (streams(**INPUTS).hidden_state - reference).abs().max().item() > 10 * tolerance
     trainable = {name for name, p in encoder.named_parameters() if p.requires_grad}
@@ -227,9 +227,40 @@ def test_xcross_from_the_mix_starts_as_the_equal_mix_of_its_streams(sources):
 
 def test_mix_init_settings_are_checked():
     assert XCrossConfig.from_dict(XCrossConfig(init="mix").to_dict()).init == "mix"
-    assert XCrossConfig.from_dict({}).init == "streams"  # compositions stored before it
+    assert XCrossConfig().init == "mix"  # the default the issue-22 screen chose on validation
+    assert XCrossConfig.from_stored({}).init == "streams"  # compositions stored before it
+    assert XCrossConfig.from_stored({"init": "mix"}).init == "mix"
     with pytest.raises(ValidationError, match="'init' must be one of streams, mix"):
         XCrossConfig(init="merge")
     with pytest.raises(ValidationError, match="needs gamma != 0"):
         XCrossConfig(init="mix", gamma=0.0)
     assert math.isclose(XCrossConfig(init="mix").gamma, 1.0)
+
+
+def test_integrators_read_rms_normalised_states_on_decoders(sources):
+    """A decoder's layer outputs are its un-normalised residual stream (SmolLM2's reach
+    2e4): with input_norm rms the integration scalars do not grow with them."""
+    from transformers import LlamaConfig, LlamaModel
+
+    from xcross_registry.xcross.layer import XCrossIntegrator
+
+    torch.manual_seed(0)
+    integrator = XCrossIntegrator(2, 8, beta=1.0, gamma=1.0, per_token=True, init_std=0.1, rms_input=True)
+    states = torch.randn(2, 3, 5, 8)
+    assert torch.allclose(integrator.scalars(states, None), integrator.scalars(1000 * states, None), atol=1e-5)
+    plain = XCrossIntegrator(2, 8, beta=1.0, gamma=1.0, per_token=True, init_std=0.1)
+    plain.load_state_dict(integrator.state_dict())
+    assert torch.allclose(plain.scalars(1000 * states, None), 1000 * plain.scalars(states, None), rtol=1e-4)
+
+    llama = LlamaModel(LlamaConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                                   num_attention_heads=2, num_key_value_heads=2))
+    lora = {f"layers.{i}.self_attn.{m}.lora_{f}.weight": torch.randn(2, 16) if f == "A" else torch.randn(16, 2)
+            for i in range(2) for m in ("q_proj", "v_proj") for f in "AB"}
+    from xcross_registry.xcross import LoraSource
+    decoder = XCrossEncoder(llama, [LoraSource(lora, LoraConfig(r=2, lora_alpha=2, target_modules=[
+        "q_proj", "v_proj"]), name=name) for name in ("a", "b")])
+    assert all(i.rms_input for i in decoder.integrators.values())  # chosen by the base: a decoder
+    encoder = XCrossEncoder(fresh_base(), load_lora_sources(sources), XCrossConfig(init="streams"))
+    assert not any(i.rms_input for i in encoder.integrators.values())  # BERT: as stored compositions score
+    chosen = XCrossEncoder(fresh_base(), load_lora_sources(sources), XCrossConfig(input_norm="rms"))
+    assert all(i.rms_input for i in chosen.integrators.values())

@@ -36,22 +36,11 @@ def test_smollm2_adapters_compose_and_recommend(xreg, synthetic_domains):
     assert xreg("add-domain", "kitchen", "--plugin", "synthetic", "--data",
                 "kitchen?users=60&items=60&max_len=6").exit_code == 0
 
+    # The integrators read each stream's state RMS-normalised on a decoder (X-Cross's
+    # input_norm): SmolLM2's residual stream reaches 2e4, and on the raw states the
+    # integration scalars made the loss non-finite at the second step.
     result = xreg("compose", "--sources", "toys,tools", "--target", "kitchen", *QUICK, "--json")
-    if result.exit_code != 0:
-        # Known since issue 24's training guard: at compose's default --lr 1e-3 this run
-        # diverges at its second step (the loss or the integrators' weights stop being
-        # finite; the cause on SmolLM2's layers is open, for the X-Cross owner).  The
-        # guard stops it and registers nothing; before it, a composition with non-finite
-        # weights was registered and this test passed.  The decoder is still served
-        # through a source adapter.
-        (line,) = result.stderr.strip().splitlines()[-1:]
-        assert line.startswith("error: training diverged at epoch 1") and \
-            line.count("nothing was registered") == 1, result.stderr
-        assert xreg("compositions", "--json").json() == []
-        served = xreg("recommend", "toys", "--history", "toys item 1; toys item 2", "--top", "3", "--json")
-        assert served.exit_code == 0, served.stderr
-        assert [row["rank"] for row in served.json()] == [1, 2, 3]
-        return
+    assert result.exit_code == 0, result.stderr
     document = result.json()
     assert document["mode"] == "dual"
     assert document["parameters"]["integrator_parameters"] > 0

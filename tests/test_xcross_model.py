@@ -18,6 +18,10 @@ from transformers import BertConfig, BertForSequenceClassification, BertModel, L
 from xcross_registry.errors import ModelError, ValidationError
 from xcross_registry.xcross import LoraSource, XCrossConfig, XCrossEncoder, lora_parameter_count
 
+# These tests pin the integrator's arithmetic from the streams' start on the raw layer
+# outputs (tests/test_merge_methods.py covers the mix start and the rms input).
+STREAMS = {"init": "streams", "input_norm": "none"}
+
 BERT_TARGETS = ["query", "value", "dense"]
 LLAMA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "down_proj"]
 
@@ -196,7 +200,7 @@ def test_stacked_forward_matches_per_stream_peft_reference(arch, n, per_token, l
     base = build()
     # different ranks (zero-padded in the encoder) and one rsLoRA scaling
     sources = [make_source(base, seed=10 + m, targets=targets, r=2 + 2 * m, rslora=(m == 1)) for m in range(n)]
-    config = XCrossConfig(beta=0.7, gamma=1.3, per_token=per_token, layers=layers, init_std=0.05)
+    config = XCrossConfig(**STREAMS, beta=0.7, gamma=1.3, per_token=per_token, layers=layers, init_std=0.05)
     encoder = XCrossEncoder(copy.deepcopy(base), sources, config)
     with torch.no_grad():
         # Unequal weights summing to one: the mixed state's float32 error then stays
@@ -211,7 +215,7 @@ def test_stacked_forward_matches_per_stream_peft_reference(arch, n, per_token, l
     assert out.stream_states.shape == (n, 2, 7, 32)
     assert out.hidden_state.shape == (2, 7, 32)
     # the integrators really change the streams, and the streams really differ
-    plain = XCrossEncoder(copy.deepcopy(base), sources, XCrossConfig(layers=layers))
+    plain = XCrossEncoder(copy.deepcopy(base), sources, XCrossConfig(**STREAMS, layers=layers))
     with torch.no_grad():
         effect = (plain(ids, attention_mask=mask).stream_states - ref_streams).abs().max()
         assert effect > 1e-3
@@ -228,7 +232,8 @@ def test_zero_integrators_give_each_plain_lora_model(arch):
     build, targets, _, _ = ARCHS[arch]
     base = build()
     sources = [make_source(base, seed=20 + m, targets=targets, r=4) for m in range(3)]
-    encoder = XCrossEncoder(copy.deepcopy(base), sources)  # init_std 0: every W_l is zero
+    # init_std 0: every W_l is zero
+    encoder = XCrossEncoder(copy.deepcopy(base), sources, XCrossConfig(**STREAMS))
     ids, mask = inputs()
     with torch.no_grad():
         out = encoder(ids, attention_mask=mask)
@@ -251,7 +256,7 @@ def test_gradients_reach_only_integrators_and_mix(arch):
     build, targets, _, _ = ARCHS[arch]
     base = build()
     sources = [make_source(base, seed=30 + m, targets=targets) for m in range(2)]
-    encoder = XCrossEncoder(base, sources, XCrossConfig(init_std=0.02)).train()
+    encoder = XCrossEncoder(base, sources, XCrossConfig(**STREAMS, init_std=0.02)).train()
     ids, mask = inputs()
     out = encoder(ids, attention_mask=mask)
     (out.hidden_state**2).mean().backward()
@@ -270,7 +275,7 @@ def test_gradients_reach_only_integrators_and_mix(arch):
 def test_zero_init_still_gets_gradient():
     base = tiny_bert()
     sources = [make_source(base, seed=m, targets=BERT_TARGETS) for m in range(2)]
-    encoder = XCrossEncoder(base, sources)
+    encoder = XCrossEncoder(base, sources, XCrossConfig(**STREAMS))
     ids, mask = inputs()
     encoder(ids, attention_mask=mask).hidden_state.pow(2).mean().backward()
     assert all(p.grad.abs().sum() > 0 for p in encoder.integrators.parameters())
@@ -282,7 +287,7 @@ def test_one_copy_of_the_base_weights(n):
     base_storages = {p.untyped_storage().data_ptr() for p in base.parameters()}
     base_numel = sum(p.numel() for p in base.parameters())
     sources = [make_source(base, seed=40 + m, targets=BERT_TARGETS) for m in range(n)]
-    encoder = XCrossEncoder(base, sources)
+    encoder = XCrossEncoder(base, sources, XCrossConfig(**STREAMS))
     frozen = [p for name, p in encoder.named_parameters() if not (name.startswith("integrators.") or name == "mix")]
     assert {p.untyped_storage().data_ptr() for p in frozen} == base_storages
     assert sum(p.numel() for p in encoder.parameters()) == base_numel + encoder.integrator_parameter_count()
@@ -294,7 +299,7 @@ def test_one_copy_of_the_base_weights(n):
 def test_parameter_counts():
     base = tiny_bert()
     sources = [make_source(base, seed=m, targets=["query", "value"], r=8) for m in range(2)]
-    encoder = XCrossEncoder(base, sources)
+    encoder = XCrossEncoder(base, sources, XCrossConfig(**STREAMS))
     n, hidden, layers = 2, 32, 3
     assert encoder.integrator_parameter_count() == layers * 2 * n * (n - 1) * n * hidden + n
     assert lora_parameter_count(sources[0]) == layers * 2 * (8 * hidden + hidden * 8)
@@ -307,7 +312,7 @@ def test_mismatched_target_modules_raise():
         make_source(base, seed=2, targets=["query", "key"]),
     ]
     with pytest.raises(ModelError, match="adapt different modules"):
-        XCrossEncoder(base, sources)
+        XCrossEncoder(base, sources, XCrossConfig(**STREAMS))
 
 
 def test_adapter_of_another_hidden_size_raises():
@@ -337,7 +342,7 @@ def test_needs_two_sources_and_layers_in_range():
     with pytest.raises(ValidationError, match="at least two"):
         XCrossEncoder(base, sources[:1])
     with pytest.raises(ValidationError, match="out of range"):
-        XCrossEncoder(base, sources, XCrossConfig(layers=[0, 3]))
+        XCrossEncoder(base, sources, XCrossConfig(**STREAMS, layers=[0, 3]))
 
 
 def test_adapter_trained_on_a_task_model_maps_onto_the_backbone():
@@ -348,8 +353,8 @@ def test_adapter_trained_on_a_task_model_maps_onto_the_backbone():
     assert any(".bert.encoder." in k for k in sources[0].state_dict)
     ids, mask = inputs()
     with torch.no_grad():
-        bare = XCrossEncoder(copy.deepcopy(task.bert), sources)(ids, attention_mask=mask)
-        wrapped = XCrossEncoder(copy.deepcopy(task), sources)(ids, attention_mask=mask)
+        bare = XCrossEncoder(copy.deepcopy(task.bert), sources, XCrossConfig(**STREAMS))(ids, attention_mask=mask)
+        wrapped = XCrossEncoder(copy.deepcopy(task), sources, XCrossConfig(**STREAMS))(ids, attention_mask=mask)
         expected = peft_model(task, sources[:1]).base_model.model.bert(input_ids=ids, attention_mask=mask)
     assert torch.equal(bare.stream_states, wrapped.stream_states)
     reference = expected.last_hidden_state
@@ -363,7 +368,7 @@ def test_base_called_directly_is_unchanged_and_deepcopy_is_independent():
     with torch.no_grad():
         before = base(input_ids=ids, attention_mask=mask).last_hidden_state
     sources = [make_source(base, seed=m, targets=BERT_TARGETS) for m in range(2)]
-    encoder = XCrossEncoder(base, sources, XCrossConfig(init_std=0.05))
+    encoder = XCrossEncoder(base, sources, XCrossConfig(**STREAMS, init_std=0.05))
     twin = copy.deepcopy(encoder)
     with torch.no_grad():
         assert torch.equal(encoder.base(input_ids=ids, attention_mask=mask).last_hidden_state, before)
@@ -377,7 +382,7 @@ def test_base_called_directly_is_unchanged_and_deepcopy_is_independent():
 def test_integration_weights_summary():
     base = tiny_bert()
     sources = [make_source(base, seed=m, targets=BERT_TARGETS) for m in range(3)]
-    encoder = XCrossEncoder(base, sources, XCrossConfig(init_std=0.05, layers=[1, 2]))
+    encoder = XCrossEncoder(base, sources, XCrossConfig(**STREAMS, init_std=0.05, layers=[1, 2]))
     ids, mask = inputs()
     summary = encoder.integration_weights(ids, attention_mask=mask)
     assert [s.layer for s in summary] == [1, 2]
@@ -394,7 +399,7 @@ def test_bf16_autocast_and_bf16_base(arch):
     build, targets, _, _ = ARCHS[arch]
     base = build()
     sources = [make_source(base, seed=m, targets=targets) for m in range(2)]
-    encoder = XCrossEncoder(base, sources, XCrossConfig(init_std=0.02))
+    encoder = XCrossEncoder(base, sources, XCrossConfig(**STREAMS, init_std=0.02))
     ids, mask = inputs()
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = encoder(ids, attention_mask=mask)

@@ -32,6 +32,9 @@ class XCrossMethod(CompositionMethod):
     has_integrators = True
     settings_class = XCrossConfig
 
+    def settings_from_json(self, stored: dict[str, Any] | None) -> XCrossConfig:
+        return XCrossConfig.from_stored(stored)
+
     def validates_start(self, settings: XCrossConfig) -> bool:
         """From the mix, the untrained composition is the equal mix of the sources: kept
         unless training beats it on validation."""

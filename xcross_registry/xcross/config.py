@@ -15,6 +15,7 @@ from typing import Any, Mapping
 from xcross_registry.errors import ValidationError
 
 INITS = ("streams", "mix")
+INPUT_NORMS = ("none", "rms")
 
 
 @dataclass
@@ -36,7 +37,9 @@ class XCrossConfig:
         init_std: standard deviation of the normal initialisation of every W_l. The
             default 0 starts the composition from ``init`` exactly; the gradient of W_l
             is not zero there, so training still moves it.
-        init: where an untrained composition starts. ``streams``: every stream is its
+        init: where an untrained composition starts (the default, ``mix``, chosen on
+            validation users in the issue-22 study, docs/RESULTS.md; compositions stored
+            before the setting existed started from ``streams``). ``streams``: every stream is its
             source model exactly and the final states are averaged (the mix ``w``
             starts at 1/n). ``mix``: every integrating layer replaces each stream's
             state by the equal mix of the streams, ``h̃_m = (1/n) Σ_m' h_m'``, so the
@@ -46,6 +49,13 @@ class XCrossConfig:
             ``z[m,m',0] = 0`` and ``z[m,m',1] = −1/(n·gamma)`` (so gamma must not be 0);
             validation-based early stopping then moves away from the mix only when
             validation says so.
+        input_norm: what W_l reads: ``none``, the layer outputs as they are, or ``rms``,
+            each stream's state divided by its root mean square per token, so z does not
+            scale with the states' magnitude. None (the default) chooses by the base:
+            ``rms`` for decoders, whose layer outputs are the un-normalised residual
+            stream (SmolLM2's reach 2·10⁴, and z = W·h then explodes after one Adam
+            step), ``none`` for encoders, whose layer outputs are LayerNorm'd (and how
+            every BERT-family composition stored before this setting scores).
     """
 
     beta: float = 1.0
@@ -53,7 +63,8 @@ class XCrossConfig:
     per_token: bool = True
     layers: list[int] | None = None
     init_std: float = 0.0
-    init: str = "streams"
+    init: str = "mix"
+    input_norm: str | None = None
 
     def __post_init__(self) -> None:
         self.validate()
@@ -67,6 +78,9 @@ class XCrossConfig:
             setattr(self, name, float(value))
         if self.init_std < 0:
             raise ValidationError(f"X-Cross setting 'init_std' must be >= 0, got {self.init_std!r}")
+        if self.input_norm is not None and self.input_norm not in INPUT_NORMS:
+            raise ValidationError(f"X-Cross setting 'input_norm' must be one of {', '.join(INPUT_NORMS)} or null, "
+                                  f"got {self.input_norm!r}")
         if self.init not in INITS:
             raise ValidationError(f"X-Cross setting 'init' must be one of {', '.join(INITS)}, got {self.init!r}")
         if self.init == "mix" and self.gamma == 0:
@@ -88,6 +102,12 @@ class XCrossConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @classmethod
+    def from_stored(cls, data: Mapping[str, Any] | None) -> XCrossConfig:
+        """Settings stored with a composition: one stored before ``init`` existed started
+        from the streams, whatever today's default is."""
+        return cls.from_dict({"init": "streams", **(data or {})})
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> XCrossConfig:

@@ -50,6 +50,9 @@ class StackedLora(nn.Module):
         return out.reshape(*x.shape[:-1], out.shape[-1])
 
 
+RMS_EPS = 1e-6  # keeps an all-zero state (padding) finite under input_norm "rms"
+
+
 class XCrossIntegrator(nn.Module):
     """Trainable integration of n stream states at the output of one transformer layer.
 
@@ -60,7 +63,8 @@ class XCrossIntegrator(nn.Module):
     applied as one n×n mixing matrix per token (or per sequence):
     ``h̃_m = (1 + γ Σ_j z[m,j,1]) h_m + Σ_{m'≠m} (β z[m,m',0] − γ z[m,m',1]) h_{m'}``.
 
-    With ``mix_init`` z gets a trainable bias that starts at ``z[·,·,0] = 0``,
+    With ``rms_input`` W reads each stream's state divided by its per-token root mean
+    square (``input_norm: rms``).  With ``mix_init`` z gets a trainable bias that starts at ``z[·,·,0] = 0``,
     ``z[·,·,1] = −1/(nγ)``: then both coefficients are 1/n and every refined state is the
     equal mix of the streams (see :class:`~xcross_registry.xcross.XCrossConfig`).
     """
@@ -77,12 +81,14 @@ class XCrossIntegrator(nn.Module):
         per_token: bool,
         init_std: float,
         mix_init: bool = False,
+        rms_input: bool = False,
     ) -> None:
         super().__init__()
         self.n_streams = n_streams
         self.beta = beta
         self.gamma = gamma
         self.per_token = per_token
+        self.rms_input = rms_input
         self.weight = nn.Parameter(torch.empty(2 * n_streams * (n_streams - 1), n_streams * hidden_size))
         nn.init.normal_(self.weight, std=init_std)
         if mix_init:
@@ -99,6 +105,8 @@ class XCrossIntegrator(nn.Module):
         """z for states ``h`` [n, B, T, H]: [B, T, n, n−1, 2] per token, [B, 1, n, n−1, 2] pooled."""
         n, batch, length, hidden = h.shape
         h = h.to(self.weight.dtype)
+        if self.rms_input:
+            h = h * torch.rsqrt(h.pow(2).mean(dim=-1, keepdim=True) + RMS_EPS)
         if not self.per_token:
             if attention_mask is None:
                 h = h.mean(dim=2, keepdim=True)

@@ -29,6 +29,7 @@ from peft import LoraConfig
 from peft.utils.other import get_pattern_key
 from torch import nn
 
+from xcross_registry.base_model import model_family
 from xcross_registry.errors import ModelError, ValidationError
 from xcross_registry.xcross.config import XCrossConfig
 from xcross_registry.xcross.layer import StackedLora, XCrossIntegrator
@@ -254,6 +255,8 @@ class XCrossEncoder(nn.Module):
             raise ValidationError(f"X-Cross layers {integrated} out of range: the base model has {n_layers} layers")
         hidden_size = backbone.config.hidden_size
         device = next(backbone.parameters()).device
+        norm = self.config.input_norm or (
+            "rms" if model_family(getattr(backbone.config, "model_type", "")) == "decoder" else "none")
         self.integrators = nn.ModuleDict(
             {
                 str(i): XCrossIntegrator(
@@ -264,6 +267,7 @@ class XCrossEncoder(nn.Module):
                     per_token=self.config.per_token,
                     init_std=self.config.init_std,
                     mix_init=self.config.init == "mix",
+                    rms_input=norm == "rms",
                 )
                 for i in integrated
             }
