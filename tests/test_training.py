@@ -103,9 +103,10 @@ def test_best_epoch_is_restored(tiny_base):
     best = result.epochs[result.best_epoch - 1].metrics
     assert best == result.best_metrics
     assert best["ndcg@10"] == max(e.metrics["ndcg@10"] for e in result.epochs)
-    from xcross_registry.training import _validation_set
+    from xcross_registry.training import validation_set
 
-    assert evaluate_sampled(scorer, data, DEFAULT_TEMPLATE, *_validation_set(data, config())) == best
+    valid = validation_set(data, seed=config().seed, users=config().valid_users)
+    assert evaluate_sampled(scorer, data, DEFAULT_TEMPLATE, valid.split, valid.candidates, valid.users) == best
 
 
 def test_shared_negatives_avoid_every_batch_users_items():
