@@ -105,7 +105,8 @@ def test_best_epoch_is_restored(tiny_base):
     assert best["ndcg@10"] == max(e.metrics["ndcg@10"] for e in result.epochs)
     from xcross_registry.training import validation_set
 
-    valid = validation_set(data, seed=config().seed, users=config().valid_users)
+    valid = validation_set(data, seed=config().seed, users=config().valid_users,
+                           negatives=config().valid_negatives)
     assert evaluate_sampled(scorer, data, DEFAULT_TEMPLATE, valid.split, valid.candidates, valid.users) == best
 
 
