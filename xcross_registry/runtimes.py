@@ -61,6 +61,28 @@ class TorchRuntime(Runtime):
         return None
 
 
+class FoldedRuntime(Runtime):
+    """The scorer's copy with every LoRA update folded into its base weights and packed
+    for oneDNN (:mod:`xcross_registry.folding`): one product per Linear and no hook."""
+
+    name = "folded"
+    exact = False
+    precision = "float32"
+
+    def embedder(self, model: "LoadedSubject") -> Embed:
+        from .folding import serving_copy
+
+        return serving_copy(model.scorer, self.precision).embed
+
+
+class FoldedBf16Runtime(FoldedRuntime):
+    """``folded`` with bfloat16 products (float32 accumulation; everything else float32),
+    on CPUs that multiply bfloat16 in hardware."""
+
+    name = "folded-bf16"
+    precision = "bfloat16"
+
+
 class OnnxRuntime(Runtime):
     """The scorer's ``embed`` exported to ONNX, run by ONNX Runtime on this process's
     torch thread count (the ``onnx`` extra)."""
@@ -165,7 +187,8 @@ class OnnxInt8Runtime(OnnxRuntime):
         return path
 
 
-RUNTIMES: dict[str, type[Runtime]] = {cls.name: cls for cls in (TorchRuntime, OnnxRuntime, OnnxInt8Runtime)}
+RUNTIMES: dict[str, type[Runtime]] = {cls.name: cls for cls in (TorchRuntime, FoldedRuntime, FoldedBf16Runtime,
+                                                                  OnnxRuntime, OnnxInt8Runtime)}
 
 
 def runtime(name: str) -> Runtime:
