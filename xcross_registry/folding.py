@@ -56,14 +56,16 @@ def onednn_linear() -> bool:
 def bfloat16_native() -> bool:
     """Whether this CPU multiplies bfloat16 in hardware (AVX512-BF16 or AMX); elsewhere
     bfloat16 products are emulated and slower than float32."""
-    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    return any(getattr(torch.cpu, check, lambda: False)()
+               for check in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
 
 
 class FoldedLinear(nn.Module):
     """A Linear with one folded weight per stream, ``weight [k, out, in]``: the input's
     rows are k equal blocks (the stacked streams), block m multiplied by matrix m (k = 1:
     an ordinary Linear).  ``packed``: the matrices are packed for oneDNN once, an opaque
-    layout that only oneDNN reads; else plain Linear products (what an ONNX export needs)."""
+    layout that only oneDNN reads, and the bias stays float32 (oneDNN adds it to the
+    float32 sums); else plain Linear products (PyTorch without oneDNN, GPUs)."""
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, dtype: torch.dtype,
                  packed: bool) -> None:
@@ -76,7 +78,9 @@ class FoldedLinear(nn.Module):
             self.blocks = [torch.ops.mkldnn._reorder_linear_weight(w.contiguous(), None) for w in weight]
         else:
             self.register_buffer("weight", weight, persistent=False)
-        self.register_buffer("bias", None if bias is None else bias.detach().to(dtype).clone(), persistent=False)
+        bias_dtype = torch.float32 if packed else dtype
+        self.register_buffer("bias", None if bias is None else bias.detach().to(bias_dtype).clone(),
+                             persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(self.streams, -1, self.in_features).to(self.dtype)
@@ -99,16 +103,17 @@ def folded_encoder(encoder: nn.Module, precision: str = "float32", packed: bool 
     """A deep copy of a scorer's ``encoder`` whose Linears are :class:`FoldedLinear`s with
     the LoRA updates folded in; ``encoder`` itself is left as it was.  ``packed``
     (default: where oneDNN is available and the encoder is on the CPU): oneDNN-packed
-    weights; an ONNX export needs plain ones."""
+    weights."""
     if precision not in PRECISIONS:
         raise ValidationError(f"unknown precision {precision!r}: use {', '.join(PRECISIONS)}")
-    if precision == "bfloat16" and not bfloat16_native():
+    on_cpu = all(p.device.type == "cpu" for p in encoder.parameters())
+    if precision == "bfloat16" and on_cpu and not bfloat16_native():
         raise ValidationError("bfloat16 products need a CPU with AVX512-BF16 or AMX; this one has "
                               "neither (use the float32 runtime)")
     folded = copy.deepcopy(encoder).eval()
     backbone, updates = _updates(folded)
     if packed is None:
-        packed = onednn_linear() and all(p.device.type == "cpu" for p in backbone.parameters())
+        packed = onednn_linear() and on_cpu
     replaced: list[str] = []
     for name, module in list(backbone.named_modules()):
         linear = _base_linear(module)
@@ -146,14 +151,14 @@ def _updates(encoder: nn.Module) -> tuple[nn.Module, dict[str, torch.Tensor]]:
             name: _stacked_updates(xcross.lora[name.replace(".", "__")])
             for name, _ in xcross.base.named_modules() if name.replace(".", "__") in xcross.lora}
     if isinstance(encoder, WeightedLoraEncoder):
-        folds = {}
+        updates = {}
         for name, _ in encoder.base.named_modules():
             key = name.replace(".", "__")
             if key in encoder.lora:
                 weights = encoder.merge_weights.detach().double()
                 weights = weights if weights.dim() == 1 else weights[encoder.row[key]]
-                folds[name] = (weights.view(-1, 1, 1) * _stacked_updates(encoder.lora[key])).sum(0)
-        return encoder.base, folds
+                updates[name] = (weights.view(-1, 1, 1) * _stacked_updates(encoder.lora[key])).sum(0)
+        return encoder.base, updates
     if isinstance(encoder, BaseEncoder):
         return encoder.model, _peft_updates(encoder.model)
     raise ValidationError(f"cannot fold the LoRA updates of a {type(encoder).__name__} encoder")
@@ -175,8 +180,9 @@ def _peft_updates(model: nn.Module) -> dict[str, torch.Tensor]:
         adapters = [a for a in module.active_adapters if a in module.lora_A]
         variants = getattr(module, "lora_variant", {})
         if len(adapters) != 1 or adapters[0] in variants or getattr(module, "merged", False):
-            raise ValidationError(f"cannot fold the LoRA layer {name!r}: its update is not one fixed "
-                                  "matrix (several adapters, or a LoRA variant such as Arrow routing)")
+            raise ValidationError(f"cannot fold the LoRA layer {name!r}: its update is not one fixed, "
+                                  "unmerged matrix (several adapters, or a LoRA variant such as Arrow "
+                                  "routing)")
         lora_A, lora_B = module.lora_A[adapters[0]].weight, module.lora_B[adapters[0]].weight
         update = module.scaling[adapters[0]] * (lora_B.detach().double() @ lora_A.detach().double())
         updates[name] = update.T if getattr(module, "fan_in_fan_out", False) else update

@@ -7,6 +7,12 @@ the model: the catalogue's item embeddings are always PyTorch's, cached per mode
 
 * ``torch`` (default): the scorer itself, in PyTorch eager mode under inference mode.
   Exact: a history scores the same in any batch, as evaluation scores it.
+* ``folded``: a copy of the scorer with every LoRA update folded into its base weights
+  (one matrix per X-Cross stream) and packed for oneDNN (:mod:`xcross_registry.folding`):
+  no LoRA products and no hook per Linear.  Float32; embeddings move by ~3e-7.
+* ``folded-bf16``: the same with bfloat16 products (float32 accumulation, everything
+  else float32), on CPUs that multiply bfloat16 in hardware (AVX512-BF16, AMX); the
+  fastest runtime that keeps rankings within the accuracy bound (docs/RESULTS.md).
 * ``onnx``: the scorer's ``embed`` (encoder, X-Cross streams and hooks included,
   pooling, normalisation) exported once to ONNX and run by ONNX Runtime in float32.
   Its embeddings differ from PyTorch's in the last float bits (≤ 3e-7 measured on
