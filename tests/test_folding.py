@@ -10,9 +10,11 @@ import torch
 from peft import LoraConfig, get_peft_model
 from test_merge_methods import INPUTS, fresh_base, save_sources
 
+from xcross_registry import folding
 from xcross_registry.composition_methods import composition_method
 from xcross_registry.errors import ValidationError
 from xcross_registry.folding import FoldedLinear, bfloat16_native, folded_encoder
+from xcross_registry.runtimes import runtime
 
 
 @pytest.fixture(scope="module")
@@ -62,18 +64,25 @@ def test_a_folded_encoder_gives_the_hooked_states(sources, method, settings, pac
         assert torch.equal(encoder(**inputs), expected)
 
 
-def test_bfloat16_products_stay_close_or_are_refused(sources):
+@pytest.mark.skipif(not bfloat16_native(), reason="this CPU has no bfloat16 instructions (AVX512-BF16, AMX)")
+def test_bfloat16_products_stay_close(sources):
     encoder = built("xcross", sources)
-    if not bfloat16_native():
-        with pytest.raises(ValidationError, match="bfloat16 products need a CPU with AVX512-BF16 or AMX"):
-            folded_encoder(encoder, "bfloat16")
-        return
     with torch.inference_mode():
         expected = encoder(**batch())
         states = folded_encoder(encoder, "bfloat16")(**batch())
     assert states.dtype == torch.float32
     difference = (states - expected).abs().max().item()
     assert 1e-6 < difference < 0.05 * expected.abs().max().item()
+
+
+def test_without_bfloat16_instructions_the_bfloat16_runtime_is_refused(sources, monkeypatch):
+    monkeypatch.setattr(folding, "bfloat16_native", lambda: False)
+    message = "bfloat16 products need a CPU with AVX512-BF16 or AMX; this one has neither"
+    with pytest.raises(ValidationError, match=message):
+        runtime("folded-bf16")  # a service asks when it starts
+    with pytest.raises(ValidationError, match=message):
+        folded_encoder(built("xcross", sources), "bfloat16")
+    assert runtime("folded").name == "folded"
 
 
 def test_what_cannot_be_folded_is_refused(sources, tmp_path_factory):

@@ -60,6 +60,12 @@ def bfloat16_native() -> bool:
                for check in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
 
 
+def require_bfloat16() -> None:
+    if not bfloat16_native():
+        raise ValidationError("bfloat16 products need a CPU with AVX512-BF16 or AMX; this one has "
+                              "neither (use the float32 runtime)")
+
+
 class FoldedLinear(nn.Module):
     """A Linear with one folded weight per stream, ``weight [k, out, in]``: the input's
     rows are k equal blocks (the stacked streams), block m multiplied by matrix m (k = 1:
@@ -107,9 +113,8 @@ def folded_encoder(encoder: nn.Module, precision: str = "float32", packed: bool 
     if precision not in PRECISIONS:
         raise ValidationError(f"unknown precision {precision!r}: use {', '.join(PRECISIONS)}")
     on_cpu = all(p.device.type == "cpu" for p in encoder.parameters())
-    if precision == "bfloat16" and on_cpu and not bfloat16_native():
-        raise ValidationError("bfloat16 products need a CPU with AVX512-BF16 or AMX; this one has "
-                              "neither (use the float32 runtime)")
+    if precision == "bfloat16" and on_cpu:
+        require_bfloat16()
     folded = copy.deepcopy(encoder).eval()
     backbone, updates = _updates(folded)
     if packed is None:

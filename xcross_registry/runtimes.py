@@ -58,6 +58,10 @@ class Runtime(ABC):
     def embedder(self, model: "LoadedSubject") -> Embed | None:
         """The function that embeds tokenised histories (None: the scorer's own)."""
 
+    def check(self) -> None:
+        """Raise :class:`ValidationError` if this machine cannot run it (asked when the
+        runtime is chosen, so that a service refuses to start rather than to load)."""
+
 
 class TorchRuntime(Runtime):
     name = "torch"
@@ -87,6 +91,11 @@ class FoldedBf16Runtime(FoldedRuntime):
 
     name = "folded-bf16"
     precision = "bfloat16"
+
+    def check(self) -> None:
+        from .folding import require_bfloat16
+
+        require_bfloat16()
 
 
 class OnnxRuntime(Runtime):
@@ -200,7 +209,9 @@ RUNTIMES: dict[str, type[Runtime]] = {cls.name: cls for cls in (TorchRuntime, Fo
 def runtime(name: str) -> Runtime:
     if name not in RUNTIMES:
         raise ValidationError(f"unknown runtime {name!r}: use {', '.join(RUNTIMES)}")
-    return RUNTIMES[name]()
+    chosen = RUNTIMES[name]()
+    chosen.check()
+    return chosen
 
 
 def use_runtime(model: "LoadedSubject", name: str) -> None:
