@@ -115,23 +115,26 @@ def folded_encoder(encoder: nn.Module, precision: str = "float32", packed: bool 
     on_cpu = all(p.device.type == "cpu" for p in encoder.parameters())
     if precision == "bfloat16" and on_cpu:
         require_bfloat16()
-    folded = copy.deepcopy(encoder).eval()
-    backbone, updates = _updates(folded)
+    backbone, updates = _updates(encoder)
     if packed is None:
         packed = onednn_linear() and on_cpu
-    replaced: list[str] = []
-    for name, module in list(backbone.named_modules()):
+    linears: dict[str, nn.Linear] = {}
+    for name, module in backbone.named_modules():
         linear = _base_linear(module)
-        if linear is None or any(name.startswith(f"{done}.") for done in replaced):
-            continue
+        if linear is not None and not any(name.startswith(f"{outer}.") for outer in linears):
+            linears[name] = linear
+    # The copy does not copy the matrices it replaces (a model's size of memory saved).
+    memo: dict[int, object] = {id(linear.weight): torch.empty(0) for linear in linears.values()}
+    folded = copy.deepcopy(encoder, memo).eval()
+    copied = memo[id(backbone)]
+    for name, linear in linears.items():
         weight = linear.weight.detach().double()
         if name in updates:  # [out, in] + ([n, out, in] per stream, or [out, in])
             weight = weight + updates[name]
         parent, _, attribute = name.rpartition(".")
-        setattr(backbone.get_submodule(parent), attribute,
+        setattr(copied.get_submodule(parent), attribute,
                 FoldedLinear(weight if weight.dim() == 3 else weight.unsqueeze(0), linear.bias,
                              PRECISIONS[precision], packed))
-        replaced.append(name)
     return folded.requires_grad_(False)
 
 
