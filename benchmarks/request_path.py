@@ -9,6 +9,10 @@ arms in turn (the order rotates per request), so load from elsewhere on a shared
 machine hits every arm alike; each worker times ``serving.recommend(top=10)`` itself,
 so the ratios are of in-process request times.  Every arm's answers are compared
 with the first arm's: exact arms must return the same items with the same scores.
+Besides wall-clock times each worker reports the CPU time its thread spent on the
+request (``time.thread_time``): on a shared machine a request waits for a core, which
+wall time counts and CPU time does not, so CPU time is the closer estimate of a quiet
+machine's wall time (printed as ``cpu`` columns, floor included).
 
 The floor: ``torch.utils.flop_counter`` counts the floating-point operations of one
 request (history encoding with every stream and hook, plus the catalogue product),
@@ -52,10 +56,10 @@ def worker(tree: str, runtime: str, name: str) -> None:
     print(json.dumps({"ready": True, "source": source}), flush=True)
     for line in sys.stdin:
         request = json.loads(line)
-        began = time.perf_counter()
+        began, cpu = time.perf_counter(), time.thread_time()
         ranked = serving.recommend(model, request["history"], top=10)
-        seconds = time.perf_counter() - began
-        print(json.dumps({"seconds": seconds, "items": [r.item_id for r in ranked],
+        seconds, cpu = time.perf_counter() - began, time.thread_time() - cpu
+        print(json.dumps({"seconds": seconds, "cpu": cpu, "items": [r.item_id for r in ranked],
                           "scores": [r.score for r in ranked]}), flush=True)
 
 
@@ -71,30 +75,33 @@ def floor(name: str, requests: int) -> dict:
     model = serving.load_model(Registry(), name)
     embeddings = serving.item_embeddings(model)
     scorer = model.scorer
-    history = [model.data.items[i].title for i in model.data.test[0].history]
-    text = model.template.render_query(model.match(history), scorer.tokenizer, scorer.config.max_length)
-    inputs = scorer.tokenize([text], pad_to_multiple_of=16)
-    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
-        query = scorer.embed(**inputs)
-        scorer.score_embeddings(query, embeddings)
-    flops = counter.get_total_flops()
-    tokens = inputs["input_ids"].shape[1]
+    texts = [model.template.render_query(model.match([model.data.items[i].title for i in u.history]),
+                                         scorer.tokenizer, scorer.config.max_length)
+             for u in model.data.test[:requests] if u.history]
+    # The operations of each of the first `requests` requests (they differ with the history's
+    # padded length); the floor is the median request's.
+    counted = []
+    with torch.inference_mode():
+        for text in texts:
+            inputs = scorer.tokenize([text], pad_to_multiple_of=16)
+            with FlopCounterMode(display=False) as counter:
+                scorer.score_embeddings(scorer.embed(**inputs), embeddings)
+            counted.append((counter.get_total_flops(), inputs["input_ids"].shape[1]))
+    flops, tokens = sorted(counted)[len(counted) // 2]
     streams = getattr(getattr(scorer.encoder, "xcross", None), "n_streams", 1)
     hidden = scorer.base.hidden_size
     a, b = torch.randn(streams * tokens, hidden), torch.randn(hidden, 4 * hidden)
     with torch.inference_mode():
         for _ in range(20):
             a @ b
-        began = time.perf_counter()
+        began, cpu = time.perf_counter(), time.thread_time()
         repeats = 200
         for _ in range(repeats):
             a @ b
-        rate = repeats * 2 * a.shape[0] * a.shape[1] * b.shape[1] / (time.perf_counter() - began)
+        work = repeats * 2 * a.shape[0] * a.shape[1] * b.shape[1]
+        rate, cpu_rate = work / (time.perf_counter() - began), work / (time.thread_time() - cpu)
     # Where a request's time goes: tokenise, encode, score, top-k (median of `requests`).
     stages: dict[str, list[float]] = {"tokenise": [], "encode": [], "catalogue product": [], "top-k": []}
-    texts = [model.template.render_query(model.match([model.data.items[i].title for i in u.history]),
-                                         scorer.tokenizer, scorer.config.max_length)
-             for u in model.data.test[:requests] if u.history]
     with torch.inference_mode():
         for text in texts:
             t0 = time.perf_counter()
@@ -108,9 +115,9 @@ def floor(name: str, requests: int) -> dict:
             t4 = time.perf_counter()
             for stage, seconds in zip(stages, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
                 stages[stage].append(seconds)
-    return {"flops": flops, "tokens": tokens, "streams": streams, "rate": rate,
+    return {"flops": flops, "tokens": tokens, "streams": streams, "rate": rate, "cpu_rate": cpu_rate,
             "gemm": f"[{a.shape[0]}, {a.shape[1]}] x [{b.shape[0]}, {b.shape[1]}]",
-            "floor_s": flops / rate, "items": len(model.data.items),
+            "floor_s": flops / rate, "cpu_floor_s": flops / cpu_rate, "items": len(model.data.items),
             "stages": {k: statistics.median(v) for k, v in stages.items()}}
 
 
@@ -168,6 +175,7 @@ def main() -> None:
     try:
         sources = [read(process)["source"] for process in workers]
         times: list[list[float]] = [[] for _ in arms]
+        cpus: list[list[float]] = [[] for _ in arms]
         answers: list[list[dict]] = [[] for _ in arms]
         for number, history in enumerate(histories):
             order = list(range(len(arms)))
@@ -176,6 +184,7 @@ def main() -> None:
                 reply = ask(workers[k], {"history": history})
                 if number >= args.warmup:
                     times[k].append(reply["seconds"])
+                    cpus[k].append(reply["cpu"])
                     answers[k].append(reply)
     finally:
         for process in workers:
@@ -185,22 +194,25 @@ def main() -> None:
     load = os.getloadavg()
     print(f"# {args.name}: {measured['items']} items, whole-catalogue top 10, {len(times[0])} test-user "
           f"histories after {args.warmup} warm-up, 1 thread per arm, load average {load[0]:.2f} {load[1]:.2f}")
-    print(f"arithmetic: {measured['flops'] / 1e9:.3f} GFLOP per request ({measured['streams']} stream(s) x "
+    print(f"arithmetic: {measured['flops'] / 1e9:.3f} GFLOP for the median request ({measured['streams']} stream(s) x "
           f"{measured['tokens']} tokens, hooks and catalogue product included); this core sustains "
-          f"{measured['rate'] / 1e9:.1f} GFLOP/s on {measured['gemm']}; floor {measured['floor_s'] * 1e3:.1f} ms")
+          f"{measured['rate'] / 1e9:.1f} GFLOP/s on {measured['gemm']}; floor {measured['floor_s'] * 1e3:.1f} ms "
+          f"(in CPU time {measured['cpu_rate'] / 1e9:.1f} GFLOP/s, floor {measured['cpu_floor_s'] * 1e3:.1f} ms)")
     print("stages (torch, median): " + ", ".join(f"{stage} {seconds * 1e3:.2f} ms"
                                                   for stage, seconds in measured["stages"].items()))
-    first = statistics.median(times[0])
-    print(f"{'arm':<28} {'p50 ms':>8} {'p95 ms':>8} {'speed-up':>8} {'x floor':>8} {'same top10':>10} "
-          f"{'max |score diff|':>16}")
-    for (label, _, _), arm_times, arm_answers, source in zip(arms, times, answers, sources):
+    first, first_cpu = statistics.median(times[0]), statistics.median(cpus[0])
+    print(f"{'arm':<28} {'p50 ms':>8} {'p95 ms':>8} {'speed-up':>8} {'x floor':>8} {'cpu p50':>8} "
+          f"{'speed-up':>8} {'x floor':>8} {'same top10':>10} {'max |score diff|':>16}")
+    for (label, _, _), arm_times, arm_cpus, arm_answers, source in zip(arms, times, cpus, answers, sources):
         ordered = sorted(arm_times)
         p50, p95 = statistics.median(ordered), ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))]
+        cpu = statistics.median(arm_cpus)
         same = sum(a["items"] == b["items"] for a, b in zip(arm_answers, answers[0]))
         diff = max(max((abs(x - y) for x, y in zip(a["scores"], b["scores"])), default=0.0)
                    for a, b in zip(arm_answers, answers[0]))
         print(f"{label:<28} {p50 * 1e3:>8.1f} {p95 * 1e3:>8.1f} {first / p50:>7.2f}x "
-              f"{p50 / measured['floor_s']:>7.2f}x {same:>4}/{len(arm_answers):<5} {diff:>16.2e}")
+              f"{p50 / measured['floor_s']:>7.2f}x {cpu * 1e3:>8.1f} {first_cpu / cpu:>7.2f}x "
+              f"{cpu / measured['cpu_floor_s']:>7.2f}x {same:>4}/{len(arm_answers):<5} {diff:>16.2e}")
         print(f"  ({source})")
 
 

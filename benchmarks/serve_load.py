@@ -10,7 +10,13 @@ each in turn.  Each client sends whole-catalogue ``POST /v1/recommend`` requests
 keep-alive connection, and stops by itself at the deadline; N and T are bounded.  It prints p50/p95/p99 latency, requests per second
 and errors, and compares with the fresh-process command-line path (``xreg recommend``,
 model load included) that a service without a server would pay per request.  The
-servers are stopped at the end, also on errors.  Usage::
+servers are stopped at the end, also on errors.
+
+Each row also reads the server process's CPU time (``/proc/PID/stat``, Linux): CPU
+milliseconds per request, and requests per CPU second.  On a shared machine a server
+waits for a core, which the wall-clock columns count and CPU time does not; with one
+torch thread per server (``OMP_NUM_THREADS=1``), requests per CPU second estimate what
+the server would sustain on a core of its own.  Usage::
 
     XREG_HOME=... python benchmarks/serve_load.py tools-x --clients 1,4,16 --seconds 20
 """
@@ -62,9 +68,25 @@ def wait_ready(port: int, process: subprocess.Popen, timeout: float) -> None:
     raise SystemExit(f"xreg serve was not ready after {timeout:.0f} s")
 
 
-def run_clients(port: int, subject: str, histories: list[list[str]], clients: int,
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of process ``pid`` and its threads (nan off Linux)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return float("nan")
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_per_request(row: dict) -> float:
+    return row["cpu"] / max(row["requests"], 1)
+
+
+def run_clients(server: tuple[int, int], subject: str, histories: list[list[str]], clients: int,
                 seconds: float) -> dict:
-    """``clients`` threads, each sending requests until ``seconds`` have passed."""
+    """``clients`` threads, each sending requests until ``seconds`` have passed, against
+    ``server`` (port, process id)."""
+    port, pid = server
     latencies: list[float] = []
     errors: list[str] = []
     lock = threading.Lock()
@@ -103,20 +125,21 @@ def run_clients(port: int, subject: str, histories: list[list[str]], clients: in
     for thread in threads:
         thread.start()
     start_gate.wait()
-    began = time.perf_counter()
+    began, cpu = time.perf_counter(), cpu_seconds(pid)
     for thread in threads:
         thread.join()
-    elapsed = time.perf_counter() - began
-    return {"clients": clients, "requests": len(latencies), "errors": len(errors),
+    elapsed, cpu = time.perf_counter() - began, cpu_seconds(pid) - cpu
+    return {"clients": clients, "requests": len(latencies), "errors": len(errors), "cpu": cpu,
             "first_error": errors[0] if errors else None, "seconds": elapsed,
             "rps": len(latencies) / elapsed, "p50": percentile(latencies, 0.50),
             "p95": percentile(latencies, 0.95), "p99": percentile(latencies, 0.99)}
 
 
 @contextlib.contextmanager
-def running_server(args, flags: list[str], tree: str | None = None) -> Iterator[int]:
+def running_server(args, flags: list[str], tree: str | None = None) -> Iterator[tuple[int, int]]:
     """``xreg serve`` with NAME preloaded, on a free port, from this checkout or from the
-    source tree ``tree`` (the code before a change); stopped however the block ends."""
+    source tree ``tree`` (the code before a change), as (port, process id); stopped
+    however the block ends."""
     port = free_port()
     command = [*XREG, "serve", "--port", str(port), "--preload", args.name,
                "--batch-wait-ms", str(args.batch_wait_ms), *flags]
@@ -128,7 +151,7 @@ def running_server(args, flags: list[str], tree: str | None = None) -> Iterator[
                                stderr=subprocess.DEVNULL, cwd=tree)
     try:
         wait_ready(port, process, args.ready_timeout)
-        yield port
+        yield port, process.pid
     finally:
         process.terminate()
         try:
@@ -186,13 +209,13 @@ def main() -> None:
         servers[f"batched {runtime}"] = (["--runtime", runtime], None)
     results: dict[str, list[dict]] = {mode: [] for mode in servers}
     with contextlib.ExitStack() as stack:
-        ports = {mode: stack.enter_context(running_server(args, flags, tree))
-                 for mode, (flags, tree) in servers.items()}
-        for mode, port in ports.items():  # warm-up
-            run_clients(port, args.name, histories, 2, min(3.0, args.seconds))
+        started = {mode: stack.enter_context(running_server(args, flags, tree))
+                   for mode, (flags, tree) in servers.items()}
+        for mode, server in started.items():  # warm-up
+            run_clients(server, args.name, histories, 2, min(3.0, args.seconds))
         for clients in args.clients:
-            for mode, port in ports.items():
-                results[mode].append(run_clients(port, args.name, histories, clients, args.seconds))
+            for mode, server in started.items():
+                results[mode].append(run_clients(server, args.name, histories, clients, args.seconds))
     cli = cli_seconds(args.name, histories[0], args.cli_repeats)
 
     load = os.getloadavg()
@@ -202,12 +225,14 @@ def main() -> None:
     print(f"xreg recommend (fresh process, model load included): median {cli:.3f} s over "
           f"{args.cli_repeats} runs = {1 / cli:.3f} requests/s")
     print(f"{'mode':<10} {'clients':>7} {'requests':>8} {'req/s':>8} {'p50 ms':>8} {'p95 ms':>8} "
-          f"{'p99 ms':>8} {'errors':>6} {'req/s vs CLI':>12} {'CLI s / p50':>11}")
+          f"{'p99 ms':>8} {'errors':>6} {'cpu ms/req':>10} {'req/cpu-s':>9} {'req/s vs CLI':>12} {'CLI s / p50':>11}")
     for mode, rows in results.items():
         for row in rows:
+            per_request = cpu_per_request(row)
             print(f"{mode:<10} {row['clients']:>7} {row['requests']:>8} {row['rps']:>8.2f} "
                   f"{row['p50'] * 1e3:>8.1f} {row['p95'] * 1e3:>8.1f} {row['p99'] * 1e3:>8.1f} "
-                  f"{row['errors']:>6} {row['rps'] * cli:>11.1f}x {cli / row['p50']:>10.1f}x")
+                  f"{row['errors']:>6} {per_request * 1e3:>10.1f} {1 / per_request:>9.2f} "
+                  f"{row['rps'] * cli:>11.1f}x {cli / row['p50']:>10.1f}x")
             if row["first_error"]:
                 print(f"  first error: {row['first_error']}")
     for batched, unbatched in zip(results["batched"], results["unbatched"]):
@@ -219,7 +244,8 @@ def main() -> None:
             continue
         for row, before in zip(rows, results[reference]):
             print(f"{mode} at {row['clients']:>2} clients against {reference}: {row['rps'] / before['rps']:.2f}x "
-                  f"the requests/s, p50 {before['p50'] / row['p50']:.2f}x faster")
+                  f"the requests/s, p50 {before['p50'] / row['p50']:.2f}x faster, "
+                  f"{cpu_per_request(before) / cpu_per_request(row):.2f}x the requests per CPU second")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""History runtimes: ONNX Runtime ranks as PyTorch does, from a cached export."""
+"""History runtimes: the folded copy and ONNX Runtime rank as PyTorch does, ONNX from a
+cached export."""
 
 from __future__ import annotations
 
@@ -9,8 +10,8 @@ from xcross_registry.runtimes import RUNTIMES, runtime
 
 
 def test_unknown_runtime_names_the_known_ones():
-    assert set(RUNTIMES) >= {"torch", "onnx", "onnx-int8"} and runtime("torch").exact
-    with pytest.raises(ValidationError, match="unknown runtime 'tvm': use torch, onnx, onnx-int8"):
+    assert set(RUNTIMES) >= {"torch", "folded", "folded-bf16", "onnx", "onnx-int8"} and runtime("torch").exact
+    with pytest.raises(ValidationError, match="unknown runtime 'tvm': use torch, folded, folded-bf16, onnx, onnx-int8"):
         runtime("tvm")
 
 
@@ -30,10 +31,11 @@ def test_onnx_runtime_ranks_like_torch_and_exports_once(xreg_home, tiny_base, mo
     model = serving.load_model(registry, "toys")
     histories = [[model.data.items[i].title for i in user.history] for user in model.data.test[:4]]
     exact = [serving.recommend(model, history, top=10) for history in histories]
-    runtimes.use_runtime(model, "onnx")
-    fast = [serving.recommend(model, history, top=10) for history in histories]
-    for mine, theirs in zip(fast, exact):
-        assert [r.score for r in mine] == pytest.approx([r.score for r in theirs], abs=1e-4)
+    for name in ("folded", "onnx"):
+        runtimes.use_runtime(model, name)
+        fast = [serving.recommend(model, history, top=10) for history in histories]
+        for mine, theirs in zip(fast, exact):
+            assert [r.score for r in mine] == pytest.approx([r.score for r in theirs], abs=1e-4)
     assert len(list((xreg_home / "cache" / "onnx").glob("*.onnx"))) == 1
     monkeypatch.setattr(runtimes, "_export", lambda *a: pytest.fail("exported again"))
     again = serving.load_model(registry, "toys")

@@ -751,8 +751,10 @@ def serve(
     body_timeout: float = typer.Option(30.0, "--body-timeout", help="Seconds a client has to "
                                        "send a request's body (then 408)."),
     runtime: str = typer.Option("torch", "--runtime", help="How request histories are encoded: torch "
-                                "(exact), onnx (ONNX Runtime, faster, same rankings to float rounding) "
-                                "or onnx-int8 (fastest, changes rankings); the onnx extra."),
+                                "(exact), folded (LoRA folded into the weights; same rankings to float "
+                                "rounding), folded-bf16 (the same with bfloat16 products on CPUs that have "
+                                "them: fastest within the accuracy bound), onnx (ONNX Runtime, the onnx "
+                                "extra) or onnx-int8 (changes rankings)."),
     ann_min_items: int = typer.Option(100_000, "--ann-min-items", min=1, help="Catalogues of at least "
                                       "this many items are searched through an approximate index (the ann extra)."),
 ) -> None:
@@ -781,7 +783,7 @@ def serve_ray(
     host: str = typer.Option("127.0.0.1", "--host", help="Address Serve's HTTP proxy listens on."),
     port: int = typer.Option(8000, "--port", min=1, max=65535, help="Port of Serve's HTTP proxy."),
     runtime: str = typer.Option("torch", "--runtime", help="How request histories are encoded: torch, "
-                                "onnx or onnx-int8 (see xreg serve --help)."),
+                                "folded, folded-bf16, onnx or onnx-int8 (see xreg serve --help)."),
     ann_min_items: int = typer.Option(100_000, "--ann-min-items", min=1,
                                       help="Catalogues of at least this many items use an approximate index."),
 ) -> None:
