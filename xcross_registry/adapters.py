@@ -103,11 +103,12 @@ def add_trained_domain(registry: Registry, name: str, plugin: str, data: str, *,
                        training_config: "TrainingConfig | None" = None,
                        base_model: str | None = None, template: str | None = None,
                        progress: "Callable[[TrainingProgress], None] | str | None" = AUTO,
-                       deadline: "Deadline | None" = None) -> AdapterVersion:
-    """Register domain ``name`` and train its first adapter, all or nothing: when the
-    training fails or is interrupted (a signal, Ctrl-C), the domain is removed again,
-    so a retry starts from a clean registry."""
-    registry.add_domain(name, plugin, data, description)
+                       deadline: "Deadline | None" = None, split: str | None = None) -> AdapterVersion:
+    """Register domain ``name`` (split by ``split``, see :meth:`Registry.add_domain`) and
+    train its first adapter, all or nothing: when the training fails or is interrupted
+    (a signal, Ctrl-C), the domain is removed again, so a retry starts from a clean
+    registry."""
+    registry.add_domain(name, plugin, data, description, split=split)
     try:
         return train_adapter(registry, name, scorer_config=scorer_config,
                              training_config=training_config, base_model=base_model,
@@ -201,7 +202,8 @@ def _loading_instructions(base_model: str) -> str:
 
 
 def import_adapter(registry: Registry, name: str, plugin: str, data: str, adapter_dir: str | Path,
-                   *, description: str = "", base_model: str | None = None) -> AdapterVersion:
+                   *, description: str = "", base_model: str | None = None,
+                   split: str | None = None) -> AdapterVersion:
     """Register domain ``name`` together with an existing PEFT LoRA folder as its v1.
 
     The folder must fit the base model: the base it records, its target modules and
@@ -244,7 +246,7 @@ def import_adapter(registry: Registry, name: str, plugin: str, data: str, adapte
     if has_head:
         Scorer.from_pretrained(folder, base_model=base_model)  # the head must load too
     trainable = sum(t.numel() for t in state.values())
-    domain_row = registry.add_domain(name, plugin, data, description)
+    domain_row = registry.add_domain(name, plugin, data, description, split=split)
     prior = [file for file in (COUNTS_FILE, WEIGHT_FILE) if (folder / file).is_file()]
     files = [PEFT_CONFIG, PEFT_WEIGHTS] + ([HEAD_FILE, CONFIG_FILE, *prior] if has_head else [])
     try:

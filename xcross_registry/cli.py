@@ -329,6 +329,10 @@ def add_domain(
     plugin: str = typer.Option(..., "--plugin", help="Domain type (plugin) that reads the data."),
     data: str = typer.Option(..., "--data", help="Where the data is (plugin-specific)."),
     description: str = typer.Option("", "--description", help="Free text shown by show."),
+    split: Optional[str] = typer.Option(None, "--split", help="Split strategy: user (the default: "
+                                        "the plugin's user-disjoint splits), leave-one-out, or "
+                                        "temporal[?valid=0.8&test=0.9] (time quantiles; needs "
+                                        "timestamps). A refresh keeps the domain's."),
     adapter: Optional[str] = typer.Option(None, "--adapter", help="Import this PEFT LoRA folder as v1."),
     train: bool = typer.Option(False, "--train", help="Train a LoRA adapter right away (all or "
                                "nothing: a failed training leaves no domain behind)."),
@@ -349,24 +353,26 @@ def add_domain(
         raise ValidationError("--refresh re-registers data only; import or train afterwards "
                               "(xreg train-adapter)")
     if refresh:
-        _refresh_domain(registry, name, plugin, data, as_json)
+        _refresh_domain(registry, name, plugin, data, split, as_json)
     elif adapter is not None:
         adapters.import_adapter(registry, name, plugin, data, adapter, description=description,
-                                base_model=base_model)
+                                base_model=base_model, split=split)
     elif train:
         with _training_run(training, as_json) as (config, progress, deadline):
             adapters.add_trained_domain(registry, name, plugin, data, description=description,
                                         scorer_config=_scorer_config(mode, max_length,
                                                                      popularity_prior),
                                         training_config=config, base_model=base_model,
-                                        template=template, progress=progress, deadline=deadline)
+                                        template=template, progress=progress, deadline=deadline,
+                                        split=split)
     else:
-        registry.add_domain(name, plugin, data, description)
+        registry.add_domain(name, plugin, data, description, split=split)
     _print_domain(_domain_document(registry, name), as_json)
 
 
-def _refresh_domain(registry, name: str, plugin: str, data: str, quiet: bool) -> None:
-    _, changed = registry.refresh_domain(name, plugin, data)
+def _refresh_domain(registry, name: str, plugin: str, data: str, split: str | None,
+                    quiet: bool) -> None:
+    _, changed = registry.refresh_domain(name, plugin, data, split)
     if not changed and not quiet:
         print(f"domain {name}: data unchanged (fingerprint "
               f"{registry.domain(name).data_fingerprint[:12]}); nothing to refresh", file=sys.stderr)
@@ -896,8 +902,8 @@ def _print_domain(d: dict, as_json: bool = False) -> None:
     console.print(f"items {summary.get('items')}, users train/valid/test {_users(summary)}, "
                   f"interactions {summary.get('interactions')}, sequence length "
                   f"{lengths.get('min')}-{lengths.get('max')} (mean {lengths.get('mean')})")
-    console.print(f"fingerprint {d['data_fingerprint']} (data version {d.get('data_version', 1)}, "
-                  f"plugin version {d.get('plugin_version') or 'unknown'})")
+    console.print(f"fingerprint {d['data_fingerprint']} (split {d.get('split', 'user')}, data "
+                  f"version {d.get('data_version', 1)}, plugin version {d.get('plugin_version') or 'unknown'})")
     for adapter in d.get("adapters", []):
         console.print(f"adapter v{adapter['version']}: {adapter['trainable_parameters']} "
                       f"trainable parameters, {adapter['status']}")

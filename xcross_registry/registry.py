@@ -20,7 +20,8 @@ from sqlalchemy.orm import Session, selectinload
 
 from . import settings
 from .artifacts import ArtifactStore
-from .data import DomainData, DomainType, Item, validate_domain_data, validate_domain_type
+from .data import (DEFAULT_SPLIT_STRATEGY, DomainData, DomainType, Item, validate_domain_data,
+                   validate_domain_type)
 from .database import display_url, explained_errors, open_session_factory
 from .errors import (ConflictError, DataError, ModelError, NotFoundError, PluginError,
                      ValidationError, XregError)
@@ -76,19 +77,25 @@ class Registry:
 
     # ---- domains -------------------------------------------------------------------
 
-    def add_domain(self, name: str, plugin: str, data: str, description: str = "") -> Domain:
-        """Validate ``data`` with the plugin's loader, then register it as domain ``name``."""
+    def add_domain(self, name: str, plugin: str, data: str, description: str = "",
+                   split: str | None = None) -> Domain:
+        """Validate ``data`` with the plugin's loader, split it by the strategy ``split``
+        (:mod:`xcross_registry.splits`; ``None``: ``user``, the loader's own splits), then
+        register it as domain ``name``.  The data
+        is loaded twice: a loader that is not deterministic is refused here, not later."""
         validate_name(name)
+        split = _split_text(split or DEFAULT_SPLIT_STRATEGY)
         with self.session() as session:
             if session.scalar(select(Domain.id).where(Domain.name == name)) is not None:
                 raise ConflictError(f"domain {name!r} already exists; `xreg add-domain {name} "
                                     f"--plugin {plugin} --data LOCATION --refresh` re-registers its data")
         domain_type = self.plugins.domain_type(plugin)
         location = normalise_location(domain_type, data)
-        loaded = load_with(domain_type, location)
+        loaded = load_deterministic(domain_type, location, split)
         row = Domain(name=name, plugin=plugin, data_location=location,
                      data_fingerprint=loaded.fingerprint(), summary=loaded.summary(),
-                     description=description, plugin_version=self.plugin_version(plugin))
+                     description=description, plugin_version=self.plugin_version(plugin),
+                     split_strategy=split)
         try:
             with self.session() as session:
                 session.add(row)
@@ -97,8 +104,8 @@ class Registry:
         self._data_cache[name] = loaded
         return row
 
-    def refresh_domain(self, name: str, plugin: str | None = None,
-                       data: str | None = None) -> tuple[Domain, bool]:
+    def refresh_domain(self, name: str, plugin: str | None = None, data: str | None = None,
+                       split: str | None = None) -> tuple[Domain, bool]:
         """Re-read a domain's data (from ``data``, or where it was registered) and make it
         the domain's next data version when its fingerprint changed.
 
@@ -113,9 +120,13 @@ class Registry:
         if plugin is not None and plugin != row.plugin:
             raise ValidationError(f"domain {name!r} is read by plugin {row.plugin!r}, not {plugin!r}; "
                                   "a refresh keeps the plugin (register other data under a new name)")
+        if split is not None and _split_text(split) != row.split_strategy:
+            raise ValidationError(f"domain {name!r} is split by {row.split_strategy!r}, not "
+                                  f"{_split_text(split)!r}; a refresh keeps the split strategy "
+                                  "(register the other split under a new name)")
         domain_type = self.plugins.domain_type(row.plugin)
         location = normalise_location(domain_type, data) if data is not None else row.data_location
-        loaded = load_with(domain_type, location)
+        loaded = load_deterministic(domain_type, location, row.split_strategy)
         fingerprint = loaded.fingerprint()
         version = self.plugin_version(row.plugin)
         if fingerprint == row.data_fingerprint:  # same data: at most a new place or plugin version
@@ -161,8 +172,10 @@ class Registry:
         if name in self._data_cache:
             return self._data_cache[name]
         row = self.domain(name)
-        loaded = load_with(self.plugins.domain_type(row.plugin), row.data_location)
+        domain_type = self.plugins.domain_type(row.plugin)
+        loaded = load_with(domain_type, row.data_location, row.split_strategy)
         if loaded.fingerprint() != row.data_fingerprint:
+            load_deterministic(domain_type, row.data_location, row.split_strategy, loaded)
             then, now = row.plugin_version or "unknown", self.plugin_version(row.plugin) or "unknown"
             where = shlex.quote(row.data_location)
             raise DataError(
@@ -528,23 +541,54 @@ def _with_lineage(query):
                          adapter.selectinload(AdapterVersion.base_model))
 
 
-def load_with(domain_type: DomainType, location: str) -> DomainData:
-    """Run a plugin's loader and check its output against the data contract
-    (:func:`~xcross_registry.data.validate_domain_data`); anything but our own errors
-    is reported as the plugin's."""
+def _split_text(split: str) -> str:
+    from .splits import parse_split
+
+    return parse_split(split).text
+
+
+def load_with(domain_type: DomainType, location: str,
+              split: str = DEFAULT_SPLIT_STRATEGY) -> DomainData:
+    """Run a plugin's loader, check its output against the data contract
+    (:func:`~xcross_registry.data.validate_domain_data`) and make the splits of the
+    strategy ``split`` (checked again).  Anything but our own errors is reported as the
+    plugin's, ``SystemExit`` and ``KeyboardInterrupt`` raised by a loader included: a
+    plugin never ends the command without its one line."""
+    from .splits import apply_split, disjoint_users
+
     validate_domain_type(domain_type)
     try:
         loaded = domain_type.load(location)
     except XregError:
         raise
-    except Exception as exc:
+    except (Exception, SystemExit, KeyboardInterrupt) as exc:
         raise PluginError(f"plugin {domain_type.name!r} failed to load {location}: "
-                          f"{type(exc).__name__}: {exc}") from exc
+                          f"{type(exc).__name__}: {exc}".splitlines()[0]) from exc
     if not isinstance(loaded, DomainData):
         raise PluginError(f"plugin {domain_type.name!r} returned {type(loaded).__name__}, "
                           "not DomainData")
     validate_domain_data(loaded, domain_type, location)
-    return loaded
+    if split == DEFAULT_SPLIT_STRATEGY:
+        return loaded
+    made = apply_split(loaded, split, domain_type.name)
+    validate_domain_data(made, domain_type, f"{location} (split {made.split_strategy})",
+                         disjoint_users=disjoint_users(split))
+    return made
+
+
+def load_deterministic(domain_type: DomainType, location: str, split: str = DEFAULT_SPLIT_STRATEGY,
+                       first: DomainData | None = None) -> DomainData:
+    """:func:`load_with` twice (or once more after ``first``); a loader whose two results
+    differ is refused as non-deterministic, since every later command would otherwise
+    find "changed" data."""
+    first = first if first is not None else load_with(domain_type, location, split)
+    again = load_with(domain_type, location, split)
+    if again.fingerprint() != first.fingerprint():
+        raise DataError(f"plugin {domain_type.name!r} is non-deterministic: it loaded {location} "
+                        f"twice with different results (fingerprints {first.fingerprint()[:12]} and "
+                        f"{again.fingerprint()[:12]}); a loader must return the same data for the "
+                        "same location (seed every random choice from its options)")
+    return first
 
 
 def normalise_location(domain_type: DomainType, data: str) -> str:
@@ -572,7 +616,7 @@ def as_dict(row: Any) -> dict[str, Any]:
     if isinstance(row, Domain):
         return {"name": row.name, "plugin": row.plugin, "plugin_version": row.plugin_version,
                 "data_location": row.data_location, "data_fingerprint": row.data_fingerprint,
-                "data_version": row.data_version, "data_history": row.data_history or [],
+                "split": row.split_strategy, "data_version": row.data_version, "data_history": row.data_history or [],
                 "summary": row.summary, "description": row.description,
                 "created": row.created.isoformat()}
     if isinstance(row, AdapterVersion):
