@@ -41,7 +41,8 @@ JSON_OPTION = typer.Option(False, "--json", callback=_json_silences_progress,
 
 
 # The metrics a table shows (evaluations store more: hit@5, ndcg@5, ...).
-SHOWN_METRICS = ("hit@1", "hit@3", "hit@10", "ndcg@10", "mrr")
+SHOWN_METRICS = ("hit@1", "hit@3", "hit@10", "hit@20", "ndcg@10", "ndcg@20", "recall@10",
+                 "recall@20", "mrr")
 
 
 def _print_version(requested: bool) -> None:
@@ -456,6 +457,10 @@ def evaluate(
                                "baseline (popularity:DOMAIN, sasrec:DOMAIN[@vN]), or a domain "
                                "with --baseline."),
     protocol: str = typer.Option("sampled", "--protocol", help="sampled, sampled-pop or full."),
+    negatives: Optional[int] = typer.Option(None, "--negatives", help="Sampled negatives per user "
+                                            "for sampled and sampled-pop (default 29; 100 is "
+                                            "SASRec's protocol); stored as its own protocol "
+                                            "label, e.g. sampled:100."),
     split: str = typer.Option("test", "--split", help="test or valid."),
     max_users: Optional[int] = typer.Option(None, "--max-users", min=1,
                                             help="Evaluate a seeded subset of this many users."),
@@ -466,7 +471,8 @@ def evaluate(
     template: Optional[str] = TEMPLATE,
     as_json: bool = JSON_OPTION,
 ) -> None:
-    """Rank the stored candidates, print Hit@1/3/10, NDCG@10 and MRR, store the result."""
+    """Rank the stored candidates, print Hit@1/3/10/20, NDCG@10/20, Recall@10/20 and MRR,
+    store the result."""
     from . import evaluation
     from .subjects import baseline_subject
 
@@ -474,7 +480,7 @@ def evaluate(
     if baseline is not None:
         name, domain = baseline_subject(registry, baseline, name, domain)
     result = evaluation.evaluate(registry, name, domain=domain, template=template, protocol=protocol,
-                                 split=split, max_users=max_users, seed=seed)
+                                 split=split, max_users=max_users, seed=seed, negatives=negatives)
     if as_json:
         _emit_json(result.as_dict())
         return
@@ -728,7 +734,8 @@ def compare(
     domain: str = typer.Argument(..., metavar="DOMAIN", help="Domain both were evaluated on."),
     first: str = typer.Argument(..., metavar="FIRST", help="Subject as named on the leaderboard."),
     second: str = typer.Argument(..., metavar="SECOND", help="Subject to subtract from FIRST."),
-    protocol: str = typer.Option("sampled", "--protocol", help="sampled, sampled-pop or full."),
+    protocol: str = typer.Option("sampled", "--protocol", help="sampled, sampled-pop or full "
+                                 "(sampled:100 for 100 negatives)."),
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Paired bootstrap of FIRST minus SECOND on the same stored candidates of DOMAIN."""

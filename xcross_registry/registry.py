@@ -268,7 +268,7 @@ class Registry:
 
         Every evaluation of a domain reads the same stored bytes, so all methods and
         baselines are ranked against identical lists."""
-        from .candidates import CandidateSet, sample_candidates
+        from .candidates import CandidateSet, parse_protocol, sample_candidates
 
         row = self.domain(domain)
         key = (CandidateSetRow.data_fingerprint == row.data_fingerprint,
@@ -277,7 +277,9 @@ class Registry:
         with self.session() as session:
             digest = session.scalar(select(CandidateSetRow.artifact_digest).where(*key))
         if digest is None:
-            drawn = sample_candidates(self.domain_data(domain), split, protocol, seed=seed)
+            name, negatives = parse_protocol(protocol)  # a label: sampled:100 has 100 negatives
+            drawn = sample_candidates(self.domain_data(domain), split, name, seed=seed,
+                                      negatives=negatives)
             digest = self.store.put_bytes(drawn.to_bytes())
             with self.session() as session:
                 # Another process may have drawn the same set meanwhile: same bytes, same digest.
