@@ -152,8 +152,8 @@ def _unchanged(registry: Registry, before: set[str]) -> None:
 
 
 @pytest.mark.parametrize("args, message", [
-    (["sasrek", "tools"], "'sasrek' is not a trainable baseline; trainable baselines: sasrec"),
-    (["popularity", "tools"], "'popularity' is not a trainable baseline; trainable baselines: sasrec"),
+    (["sasrek", "tools"], "'sasrek' is not a trainable baseline; trainable baselines: sasrec, item-knn, markov"),
+    (["popularity", "tools"], "'popularity' is not a trainable baseline; trainable baselines: sasrec, item-knn, markov"),
     (["sasrec", "nosuch"], "unknown domain 'nosuch'"),
     (["sasrec", "tools", "--hidden-size", "30", "--heads", "4"], "SASRec hidden_size 30 is not divisible by heads 4"),
     (["sasrec", "tools", "--fraction", "0"], "fraction must be in (0, 1], not 0.0"),

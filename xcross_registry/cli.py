@@ -435,20 +435,39 @@ SASREC_OPTIONS: dict[str, tuple[Any, Any]] = {
 }
 
 
+# The options of `xreg train-baseline item-knn|markov` beyond those they share with
+# sasrec (--fraction, --seed, --max-users, --valid-users, --valid-negatives): each
+# NeighbourhoodConfig field with its default (a test holds them equal).
+NEIGHBOURHOOD_OPTIONS: dict[str, tuple[Any, Any]] = {
+    "neighbours": (int, typer.Option(100, "--neighbours", help="item-knn: most similar items "
+                                     "kept per item (0: all).")),
+    "decay": (float, typer.Option(0.8, "--decay", help="item-knn: weight of the k-th most "
+                                  "recent history item is decay**k.")),
+    "history": (int, typer.Option(50, "--history", help="item-knn: most recent history items "
+                                  "read.")),
+    "smoothing": (float, typer.Option(1.0, "--smoothing", help="markov: weight of the popularity "
+                                      "back-off in P(next | last item).")),
+}
+TRAINED_BASELINE_OPTIONS = {**SASREC_OPTIONS, **NEIGHBOURHOOD_OPTIONS}
+
+
 @app.command("train-baseline")
-@option_group(SASREC_OPTIONS, "settings")
+@option_group(TRAINED_BASELINE_OPTIONS, "settings")
 def train_baseline(
-    baseline: str = typer.Argument(..., metavar="BASELINE", help="Trained baseline: sasrec."),
+    baseline: str = typer.Argument(..., metavar="BASELINE", help="Trained baseline: sasrec, "
+                                   "item-knn or markov."),
     domain: str = typer.Argument(..., metavar="DOMAIN", help="Domain whose training users it "
                                  "learns from."),
     as_json: bool = JSON_OPTION, settings: dict = None,
 ) -> None:
-    """Train a baseline (sasrec: an ID-based sequential model) on a domain and register it
-    as BASELINE:DOMAIN@vN, to evaluate, compare and show like any model."""
+    """Train a baseline (sasrec: an ID-based sequential model; item-knn, markov: neighbourhood
+    models) on a domain and register it as BASELINE:DOMAIN@vN, to evaluate, compare and
+    show like any model.  Options of another baseline are refused when changed."""
     from .baselines import train_baseline as train
     from .registry import as_dict
 
-    _print_baseline_model(as_dict(train(_registry(), baseline, domain, settings)), as_json)
+    defaults = {field: option.default for field, (_, option) in TRAINED_BASELINE_OPTIONS.items()}
+    _print_baseline_model(as_dict(train(_registry(), baseline, domain, settings, defaults)), as_json)
 
 
 @app.command()
@@ -466,8 +485,8 @@ def evaluate(
                                             help="Evaluate a seeded subset of this many users."),
     seed: int = typer.Option(0, "--seed", help="Candidate and bootstrap seed."),
     domain: Optional[str] = typer.Option(None, "--domain", help="Evaluate on another domain (zero-shot)."),
-    baseline: Optional[str] = typer.Option(None, "--baseline", help="popularity, sasrec (its "
-                                           "latest version) or head-only."),
+    baseline: Optional[str] = typer.Option(None, "--baseline", help="popularity, sasrec, item-knn, "
+                                           "markov (a trained one: its latest version) or head-only."),
     template: Optional[str] = TEMPLATE,
     as_json: bool = JSON_OPTION,
 ) -> None:

@@ -180,6 +180,18 @@ class DomainType:
         return self.default_template
 
 
+def catalogue_digest(data: DomainData) -> str:
+    """sha256 of the catalogue's item ids in order: what an ID model's rows mean.
+
+    Scoring another catalogue with the same model would silently mix items up; splits
+    may differ (a scored domain's test users are not the training users)."""
+    digest = hashlib.sha256()
+    for item in data.items:
+        digest.update(item.id.encode())
+        digest.update(b"\n")
+    return digest.hexdigest()
+
+
 def catalogue_keys(data: DomainData) -> dict[str, Item]:
     """Each item under its lower-cased title and id (the first item wins a shared title)."""
     by_key: dict[str, Item] = {}
