@@ -25,7 +25,7 @@ from .data import (DEFAULT_SPLIT_STRATEGY, DomainData, DomainType, Item, validat
 from .database import display_url, explained_errors, open_session_factory
 from .errors import (ConflictError, DataError, ModelError, NotFoundError, PluginError,
                      ValidationError, XregError)
-from .plugins import PluginSet, get_plugins
+from .plugins import PluginSet, describe, get_plugins
 from .schema import (AdapterVersion, Base, BaseModel, BaselineModel, Composition, CompositionSource,
                      Domain, EvaluationResult, Tag, utcnow)
 from .schema import CandidateSet as CandidateSetRow
@@ -565,7 +565,7 @@ def load_with(domain_type: DomainType, location: str,
         raise
     except (Exception, SystemExit, KeyboardInterrupt) as exc:
         raise PluginError(f"plugin {domain_type.name!r} failed to load {location}: "
-                          f"{type(exc).__name__}: {exc}".splitlines()[0]) from exc
+                          f"{describe(exc)}") from exc
     if not isinstance(loaded, DomainData):
         raise PluginError(f"plugin {domain_type.name!r} returned {type(loaded).__name__}, "
                           "not DomainData")
@@ -604,7 +604,7 @@ def normalise_location(domain_type: DomainType, data: str) -> str:
         location = locate(data)
     except XregError:
         raise
-    except Exception as exc:
+    except (Exception, SystemExit, KeyboardInterrupt) as exc:
         raise PluginError(f"plugin {domain_type.name!r} cannot read the location {data!r}: "
                           f"{type(exc).__name__}: {exc}") from exc
     if not isinstance(location, str):
