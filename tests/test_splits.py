@@ -187,3 +187,27 @@ def test_amazon_raw_download_offers_temporal(xreg, tmp_path):
     data = Registry().domain_data("toys-t")
     for seq in data.test:
         assert seq.times is not None and np.all(np.diff(seq.times) >= 0)
+
+
+@pytest.mark.realdata
+def test_the_shared_amazon_domains_keep_their_fingerprints_and_candidates():
+    """The lead's study registry holds these domains: the code before split strategies
+    gave these values (fingerprints; sha256 of the stored test candidate sets, seed 0)."""
+    import hashlib
+
+    from conftest import require_shared_data
+
+    import xreg_amazon
+
+    expected = {"Toys": "5c9e962196a54acfc9b9294785c1196563a2d030443d8a97f64f69b69df2e838",
+                "Sports": "29f2d4031b31365927638d9561ca683ded2c47b3bb31f8f2fc0a3db317e6f2bf",
+                "Tools": "f8efb51a14bf453a5dbc02b60da4470119171a56004f4d19c56f4f211cf82e3c"}
+    loaded = {domain: load_with(DomainType("amazon", xreg_amazon.load, [xreg_amazon.TEMPLATE]),
+                                str(require_shared_data(domain))) for domain in expected}
+    assert {domain: data.fingerprint() for domain, data in loaded.items()} == expected
+    candidates = {"sampled": "5e071c6a7c1bf35523a5bba2b12d7a144b4dba68bd26b4e06ea19a7b6215a984",
+                  "sampled-pop": "86106eb230e434e755f5533721c9237800b66d80eaf096bab0bac2a9b4d2166d",
+                  "full": "f0ae770db4d1c4b00dc37b20487988180e75913dc60604b1a3681e462af38d64"}
+    for protocol, digest in candidates.items():  # Tools'
+        drawn = sample_candidates(loaded["Tools"], "test", protocol, seed=0)
+        assert hashlib.sha256(drawn.to_bytes()).hexdigest() == digest
