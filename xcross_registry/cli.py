@@ -795,9 +795,9 @@ def domains(as_json: bool = JSON_OPTION) -> None:
     if as_json:
         _emit_json(rows)
         return
-    _table("domains", ["name", "plugin", "items", "users (train/valid/test)", "fingerprint",
+    _table("domains", ["name", "plugin", "split", "items", "users (train/valid/test)", "fingerprint",
                        "description"],
-           [[d["name"], d["plugin"], d["summary"].get("items"), _users(d["summary"]),
+           [[d["name"], d["plugin"], d["split"], d["summary"].get("items"), _users(d["summary"]),
              d["data_fingerprint"][:12], d["description"]] for d in rows])
 
 
