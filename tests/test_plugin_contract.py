@@ -152,3 +152,11 @@ def test_a_plugin_needing_a_newer_api_is_an_error_row(xreg, install):
     assert rows["xreg_future"]["error"] == (f"needs plugin API {major}.{minor + 1}, this xcross-registry "
                                             f"offers {major}.{minor} (see CHANGELOG.md)")
     assert rows["xreg_present"]["error"] is None and rows["xreg_present"]["domain_types"] == ["present"]
+
+
+def test_a_hook_that_raises_still_says_failed_to_load(xreg, install):
+    install("xreg_boom", "@hookimpl\ndef register_domains(register):\n    raise ValueError('boom')\n",
+            entry_point="boom")
+    assert listed(xreg)["boom"]["error"] == "ValueError: boom"
+    refused(xreg, ["add-domain", "d", "--plugin", "boom", "--data", "here"],
+            "plugin 'boom' failed to load: ValueError: boom")

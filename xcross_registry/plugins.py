@@ -45,7 +45,7 @@ class PluginInfo:
     domain_types: list[str] = field(default_factory=list)
     error: str | None = None
     distribution: str | None = None  # the installed package that provides the entry point
-    imported: bool = True  # False: the module itself failed to import
+    registered_nothing: bool = False  # it imported, but its hooks gave no domain type
 
     @property
     def package(self) -> str:
@@ -107,6 +107,7 @@ class PluginSet:
             collected = _collect(self.manager, name)
         except (Exception, SystemExit) as exc:  # a plugin never ends the command
             info.error = describe(exc)
+            info.registered_nothing = isinstance(exc, NothingRegistered)
             self.manager.unregister(name=name)
             return info
         for domain_type in collected:
@@ -140,7 +141,7 @@ class PluginSet:
     def add_failure(self, name: str, module: str, error: BaseException,
                     version: str | None = None, distribution: str | None = None) -> None:
         self.plugins[name] = PluginInfo(name=name, module=module, version=version, error=describe(error),
-                                        distribution=distribution, imported=False)
+                                        distribution=distribution)
 
     def owner(self, domain_type: str) -> PluginInfo | None:
         """The plugin (entry point) that registered ``domain_type``, if it is loaded."""
@@ -157,10 +158,10 @@ class PluginSet:
             raise PluginError(f"domain type {name!r} is registered by {self.clash(name)}; none of "
                               "them is loaded: uninstall one, or leave one out with XREG_LOAD_PLUGINS")
         broken = self.plugins.get(name)
-        if broken is not None and broken.error and not broken.imported:
-            raise PluginError(f"plugin {name!r} failed to load: {broken.error}")
-        if broken is not None and broken.error and not broken.domain_types:
+        if broken is not None and broken.registered_nothing:
             raise PluginError(f"plugin {name!r} is installed but {broken.error}")
+        if broken is not None and broken.error and not broken.domain_types:
+            raise PluginError(f"plugin {name!r} failed to load: {broken.error}")
         for info in self.plugins.values():
             if name in (info.name, info.module) and info.domain_types:
                 types = ", ".join(info.domain_types)
@@ -187,7 +188,8 @@ class PluginSet:
                 f"(installed: {installed})" for name in self.unmatched]
 
 
-NOTHING_REGISTERED = "registered no domain types (did you forget @hookimpl?)"
+class NothingRegistered(PluginError):
+    """A plugin's hooks ran without registering a domain type."""
 
 
 def describe(exc: BaseException) -> str:
@@ -224,13 +226,13 @@ def _collect(manager: pluggy.PluginManager, name: str) -> list[DomainType]:
     for impl in impls:
         returned = impl.function(register=collected.append)
         if returned is not None:
-            raise PluginError(f"its register_domains returned a {type(returned).__name__} instead of "
-                              "calling register(...) with it")
+            raise NothingRegistered(f"its register_domains returned a {type(returned).__name__} "
+                                    "instead of calling register(...) with it")
     for domain_type in collected:
         if not isinstance(domain_type, DomainType):
             raise PluginError(f"registered {type(domain_type).__name__}, not a DomainType")
     if not collected:
-        raise PluginError(NOTHING_REGISTERED)
+        raise NothingRegistered("registered no domain types (did you forget @hookimpl?)")
     return collected
 
 
