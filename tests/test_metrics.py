@@ -58,8 +58,31 @@ def test_bootstrap_interval_brackets_the_mean_and_is_seeded():
 
 
 def test_summarize_means_and_intervals():
-    summary = summarize(np.array([1, 2, 4, 3]), ks=(1,), seed=0, n_boot=200)
+    summary = summarize(np.array([1, 2, 4, 3]), ks=(1,), seed=0, n_boot=200, recall_ks=())
     assert set(summary) == {"hit@1", "ndcg@1", "mrr"}
     assert summary["hit@1"].mean == pytest.approx(0.25)
     assert summary["mrr"].mean == pytest.approx((1 + 0.5 + 0.25 + 1 / 3) / 4)
     assert summary["mrr"].low <= summary["mrr"].mean <= summary["mrr"].high
+
+
+def test_recall_and_ndcg_at_20_by_hand():
+    # ranks in a full-catalogue ranking: inside the top 10, between 11 and 20, beyond 20
+    ranks = np.array([1, 7, 12, 20, 21, 300])
+    values = per_user_metrics(ranks)
+    assert values["recall@10"].tolist() == [1, 1, 0, 0, 0, 0]
+    assert values["recall@20"].tolist() == [1, 1, 1, 1, 0, 0]
+    assert values["recall@20"].tolist() == values["hit@20"].tolist()  # one held-out item each
+    assert values["ndcg@20"] == pytest.approx([1, 1 / 3, 1 / math.log2(13), 1 / math.log2(21), 0, 0])
+    summary = summarize(ranks, seed=0, n_boot=100)
+    assert summary["recall@20"].mean == pytest.approx(4 / 6)
+    assert summary["ndcg@20"].mean == pytest.approx((1 + 1 / 3 + 1 / math.log2(13) + 1 / math.log2(21)) / 6)
+
+
+def test_new_metrics_leave_the_old_ones_exactly_as_they_were():
+    """An interval is drawn per metric with the same seed: the numbers stored before
+    Recall@K and NDCG@20 existed are reproduced bit for bit."""
+    ranks = np.random.default_rng(4).integers(1, 31, size=300)
+    before = summarize(ranks, ks=(1, 3, 10), seed=0, recall_ks=())
+    after = summarize(ranks, seed=0)
+    assert {name: after[name] for name in before} == before
+    assert set(after) - set(before) == {"hit@20", "ndcg@20", "recall@10", "recall@20"}

@@ -62,3 +62,34 @@ def test_docs_plugin_installs_registers_and_passes_the_test_kit(xreg, tmp_path, 
     namespace: dict = {}
     exec(compile(_blocks("python", "## Testing a plugin")[0], str(DOC), "exec"), namespace)
     namespace["test_books"](tmp_path)
+
+
+def _signature(function) -> str:
+    """``name(param: annotation = default, ...) -> return`` as the reference writes it."""
+    import inspect
+
+    signature = inspect.signature(function)
+    parts, keyword_only = [], False
+    for parameter in signature.parameters.values():
+        if parameter.kind is parameter.KEYWORD_ONLY and not keyword_only:
+            parts.append("*")
+            keyword_only = True
+        text = f"{parameter.name}: {parameter.annotation}"
+        if parameter.default is not parameter.empty:
+            text += f" = {parameter.default!r}"
+        parts.append(text)
+    return f"{function.__name__}({', '.join(parts)}) -> {signature.return_annotation}"
+
+
+def test_the_reference_lists_every_hook_and_helper_with_its_signature():
+    import inspect
+
+    from xcross_registry import hookspecs, plugin_helpers, testing
+
+    reference = DOC.read_text().split("## Hook and helper reference", 1)[1].split("\n## ", 1)[0]
+    helpers = [value for name, value in vars(plugin_helpers).items()
+               if inspect.isfunction(value) and value.__module__ == plugin_helpers.__name__
+               and not name.startswith("_")]
+    documented = [hookspecs.register_domains, testing.domain_types, testing.check_domain_type, *helpers]
+    missing = [_signature(f) for f in documented if _signature(f) not in reference.replace("`", "")]
+    assert missing == []

@@ -118,8 +118,8 @@ def test_registry_made_at_0001_upgrades_to_head(tmp_path, monkeypatch, xreg):
     assert listed.exit_code == 0, listed.stderr
     (old,) = listed.json()
     assert old["name"] == "old" and old["plugin_version"] is None
-    assert old["data_history"] == [] and old["data_version"] == 1
-    assert database.current_revision(database.make_engine()) == schema.SCHEMA_HEAD == "0004"
+    assert old["data_history"] == [] and old["data_version"] == 1 and old["split"] == "user"
+    assert database.current_revision(database.make_engine()) == schema.SCHEMA_HEAD
     adapters_listed = xreg("adapters", "--json")
     assert adapters_listed.exit_code == 0, adapters_listed.stderr
     assert [(a["domain"], a["version"]) for a in adapters_listed.json()] == [("old", 1)]

@@ -17,7 +17,7 @@ from sqlalchemy import inspect, text
 from conftest import run_subprocess
 from test_gc import age_everything, stored
 from test_postgres import backend  # noqa: F401  (the registry on SQLite and on PostgreSQL)
-from xcross_registry import baselines, database, evaluation
+from xcross_registry import baselines, database, evaluation, schema
 from xcross_registry.cli import SASREC_OPTIONS
 from xcross_registry.records import TrainingRecord
 from xcross_registry.registry import Registry
@@ -152,8 +152,8 @@ def _unchanged(registry: Registry, before: set[str]) -> None:
 
 
 @pytest.mark.parametrize("args, message", [
-    (["sasrek", "tools"], "'sasrek' is not a trainable baseline; trainable baselines: sasrec"),
-    (["popularity", "tools"], "'popularity' is not a trainable baseline; trainable baselines: sasrec"),
+    (["sasrek", "tools"], "'sasrek' is not a trainable baseline; trainable baselines: sasrec, item-knn, markov"),
+    (["popularity", "tools"], "'popularity' is not a trainable baseline; trainable baselines: sasrec, item-knn, markov"),
     (["sasrec", "nosuch"], "unknown domain 'nosuch'"),
     (["sasrec", "tools", "--hidden-size", "30", "--heads", "4"], "SASRec hidden_size 30 is not divisible by heads 4"),
     (["sasrec", "tools", "--fraction", "0"], "fraction must be in (0, 1], not 0.0"),
@@ -247,7 +247,7 @@ def test_a_registry_at_0003_upgrades_to_the_baseline_table_and_back(xreg_home):
             "INSERT INTO domains (name, plugin, data_location, data_fingerprint, summary, description, "
             "created, data_history) VALUES ('d', 'synthetic', 'x', 'f', '{}', '', '2026-01-01 00:00:00', '[]')"))
     command.upgrade(config, "head")
-    assert database.current_revision(engine) == "0004"
+    assert database.current_revision(engine) == schema.SCHEMA_HEAD
     assert "baseline_models" in inspect(engine).get_table_names()
     registry = Registry()
     assert [d.name for d in registry.domains()] == ["d"] and registry.baseline_models() == []

@@ -9,12 +9,19 @@ Kept import-light on purpose: registry commands and plugins must start without t
 so nothing imported here pulls in torch, transformers or peft.
 """
 
-from .data import DomainData, DomainType, Item, UserSequence
-from .errors import DataError
-from .hookspecs import hookimpl
-from .templates import PromptTemplate
+# The plugin contract's version (docs/plugins.md, "Versions of the contract"): MAJOR
+# changes when a plugin that worked may be refused, MINOR when something is added.
+# Every change is recorded in CHANGELOG.md.  A plugin that needs at least 2.1 says
+# ``REQUIRES_PLUGIN_API = (2, 1)`` in its module; `xreg plugins` then lists it as an
+# error wherever the installed library does not offer that.
+PLUGIN_API_VERSION = (2, 0)
 
-__version__ = "0.1.0"
+from .data import DomainData, DomainType, Item, UserSequence  # noqa: E402
+from .errors import DataError  # noqa: E402
+from .hookspecs import hookimpl  # noqa: E402
+from .templates import PromptTemplate  # noqa: E402
 
-__all__ = ["DataError", "DomainData", "DomainType", "Item", "PromptTemplate", "UserSequence",
-           "__version__", "hookimpl"]
+__version__ = "0.2.0"
+
+__all__ = ["DataError", "DomainData", "DomainType", "Item", "PLUGIN_API_VERSION", "PromptTemplate",
+           "UserSequence", "__version__", "hookimpl"]

@@ -88,15 +88,16 @@ def add_trained_domain(registry: Registry, name: str, plugin: str, data: str, *,
                        training_config: "TrainingConfig | None" = None,
                        base_model: str | None = None, template: str | None = None,
                        progress: "Callable[[TrainingProgress], None] | str | None" = AUTO,
-                       deadline: "Deadline | None" = None) -> AdapterVersion:
-    """Register domain ``name`` with a freshly trained first adapter, all or nothing.
+                       deadline: "Deadline | None" = None, split: str | None = None) -> AdapterVersion:
+    """Register domain ``name`` (split by ``split``, see :meth:`Registry.add_domain`) with
+    a freshly trained first adapter, all or nothing.
 
     The data is loaded and checked first, the adapter trained on it, and the domain
     and its v1 are inserted in one transaction at the end: a run that fails, is
     interrupted (SIGTERM, Ctrl-C) or is killed outright (SIGKILL) at any moment leaves
     no domain behind, and a retry starts from a clean registry (files a killed run had
     already stored are unreferenced: ``xreg gc`` removes them)."""
-    pending = registry.load_new_domain(name, plugin, data, description)
+    pending = registry.load_new_domain(name, plugin, data, description, split)
     return _train_and_register(registry, pending, scorer_config=scorer_config,
                                training_config=training_config, base_model=base_model,
                                head_only=False, template=template, fuse_with=None, progress=progress,
@@ -228,7 +229,8 @@ def _loading_instructions(base_model: str) -> str:
 
 
 def import_adapter(registry: Registry, name: str, plugin: str, data: str, adapter_dir: str | Path,
-                   *, description: str = "", base_model: str | None = None) -> AdapterVersion:
+                   *, description: str = "", base_model: str | None = None,
+                   split: str | None = None) -> AdapterVersion:
     """Register domain ``name`` together with an existing PEFT LoRA folder as its v1.
 
     The folder must fit the base model: the base it records, its target modules and
@@ -271,7 +273,7 @@ def import_adapter(registry: Registry, name: str, plugin: str, data: str, adapte
     if has_head:
         Scorer.from_pretrained(folder, base_model=base_model)  # the head must load too
     trainable = sum(t.numel() for t in state.values())
-    pending = registry.load_new_domain(name, plugin, data, description)
+    pending = registry.load_new_domain(name, plugin, data, description, split)
     prior = [file for file in (COUNTS_FILE, WEIGHT_FILE) if (folder / file).is_file()]
     files = [PEFT_CONFIG, PEFT_WEIGHTS] + ([HEAD_FILE, CONFIG_FILE, *prior] if has_head else [])
     with registry.store.staging_folder("import") as staged:  # domain and v1: one transaction

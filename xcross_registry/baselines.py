@@ -5,7 +5,8 @@ same leaderboard and can be compared user by user.  A new one is one class here 
 a plugin's code) registered in :data:`BASELINES`.  Two sorts share the table:
 
 * model-free (``popularity:tools``): scores come from the domain's data alone;
-* trained (``sasrec:tools@v2``, ``sasrec:tools`` for the latest): :func:`train_baseline`
+* trained (``sasrec:tools@v2``, ``sasrec:tools`` for the latest; ``item-knn`` and
+  ``markov``, the neighbourhood models of :mod:`xcross_registry.neighbourhood`): :func:`train_baseline`
   trains one on a domain's training users and stores it as a ``baseline_models`` row
   (artifact, settings, run record, validation metrics, data fingerprint), numbered per
   domain and baseline.  Its class says how to check its settings, train and save it,
@@ -21,6 +22,7 @@ baseline imports its model code only to train or to score.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,11 +72,20 @@ class Baseline:
         """How to score ``domain``; ``artifact`` is a trained baseline's stored folder."""
         raise NotImplementedError
 
+    def config_class(self) -> type:
+        """The dataclass of its training settings (with ``from_dict`` and ``to_dict``)."""
+        raise NotImplementedError
+
     def settings(self, config: Any) -> Any:
         """The training settings from ``config`` (the baseline's config object, a dict of
         its fields, or ``None`` for the defaults), checked: bad values raise
         :class:`ValidationError` before anything is trained."""
-        raise NotImplementedError
+        cls = self.config_class()
+        if config is None:
+            return cls()
+        if isinstance(config, cls):
+            return config
+        return cls.from_dict(config)
 
     def train(self, data: "DomainData", settings: Any, folder: Path) -> BaselineRun:
         """Train on ``data`` and save the model's files into ``folder``."""
@@ -108,14 +119,10 @@ class SASRec(Baseline):
     trained = True
     manifest = "xreg.sasrec.v1"
 
-    def settings(self, config: Any) -> Any:
+    def config_class(self) -> type:
         from .sasrec import SASRecConfig
 
-        if config is None:
-            return SASRecConfig()
-        if isinstance(config, SASRecConfig):
-            return config
-        return SASRecConfig.from_dict(config)
+        return SASRecConfig
 
     def train(self, data: "DomainData", settings: Any, folder: Path) -> BaselineRun:
         from .sasrec import save_sasrec, train_sasrec
@@ -139,6 +146,52 @@ class SASRec(Baseline):
         return sasrec_score_function(model)
 
 
+class Neighbourhood(Baseline):
+    """A neighbourhood model (:mod:`xcross_registry.neighbourhood`) trained on the users a
+    LoRA at the same fraction and seed trains on, stored as a sparse item matrix."""
+
+    trained = True
+    manifest = "xreg.neighbourhood.v1"
+
+    def config_class(self) -> type:
+        from .neighbourhood import CONFIGS
+
+        return CONFIGS[self.name]
+
+    def train(self, data: "DomainData", settings: Any, folder: Path) -> BaselineRun:
+        from .neighbourhood import save_neighbourhood, train_neighbourhood
+
+        model, record = train_neighbourhood(data, settings)
+        save_neighbourhood(model, folder)
+        run = {key: value for key, value in record.items() if key not in ("model", "validation")}
+        return BaselineRun(settings=settings.to_dict(), run=run,
+                           metrics={"validation": record["validation"], "best_epoch": None,
+                                    "train_users": record["train_users"], "seconds": record["train_seconds"]},
+                           trainable_parameters=record["entries"])
+
+    def score_function(self, registry: "Registry", domain: str, artifact: str | None = None) -> ScoreFunction:
+        from .neighbourhood import load_neighbourhood, score_function
+
+        with registry.store.staging_folder("load") as folder:
+            write_folder(registry, artifact, folder, self.manifest)
+            model = load_neighbourhood(folder)
+        return score_function(model)
+
+
+class ItemKNN(Neighbourhood):
+    """Item-kNN: cosine on item co-occurrence in training sequences, recency-weighted history."""
+
+    name = "item-knn"
+    description = "item-kNN: cosine on co-occurrence in training sequences, recency-weighted history"
+
+
+class Markov(Neighbourhood):
+    """First-order Markov chain on the last item, backing off to popularity."""
+
+    name = "markov"
+    description = "last-item transitions (first-order Markov) with popularity back-off"
+
+
 BASELINES: dict[str, type[Baseline]] = {}
 
 
@@ -150,8 +203,8 @@ def register_baseline(cls: type[Baseline]) -> type[Baseline]:
     return cls
 
 
-register_baseline(Popularity)
-register_baseline(SASRec)
+for _baseline in (Popularity, SASRec, ItemKNN, Markov):
+    register_baseline(_baseline)
 
 
 def split_baseline_name(name: str) -> tuple[type[Baseline], str] | None:
@@ -172,6 +225,20 @@ def trainable_baseline(name: str) -> type[Baseline]:
     return cls
 
 
+def settings_from_options(name: str, values: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
+    """The settings of trained baseline ``name`` among command-line option ``values``
+    (every trained baseline's options, by field); an option of another baseline set to
+    something else than its default ``defaults[field]`` is refused by its flag."""
+    fields = {field.name for field in dataclasses.fields(trainable_baseline(name)().config_class())}
+    stray = sorted(field for field, value in values.items()
+                   if field not in fields and value != defaults.get(field))
+    if stray:
+        flags = ", ".join("--" + field.replace("_", "-") for field in stray)
+        own = ", ".join("--" + field.replace("_", "-") for field in sorted(fields))
+        raise ValidationError(f"{flags} does not apply to {name} (its options: {own})")
+    return {field: value for field, value in values.items() if field in fields}
+
+
 def stored_baseline(registry: "Registry", name: str) -> "BaselineModel | None":
     """The stored row of ``NAME:DOMAIN[@vN]`` when NAME is a trained baseline (the
     latest version without ``@vN``), ``None`` when ``name`` names no trained baseline;
@@ -182,18 +249,23 @@ def stored_baseline(registry: "Registry", name: str) -> "BaselineModel | None":
     return registry.baseline_model(baseline[0].name, baseline[1])
 
 
-def train_baseline(registry: "Registry", name: str, domain: str, config: Any = None) -> "BaselineModel":
+def train_baseline(registry: "Registry", name: str, domain: str, config: Any = None,
+                   option_defaults: dict[str, Any] | None = None) -> "BaselineModel":
     """Train the baseline ``name`` on ``domain`` and register it as the domain's next
     version of it (``NAME:DOMAIN@vN``); returns the row.
 
     ``config`` is the baseline's config (for ``sasrec`` a
-    :class:`~xcross_registry.sasrec.SASRecConfig`), a dict of its fields, or ``None``.
+    :class:`~xcross_registry.sasrec.SASRecConfig`), a dict of its fields, or ``None``;
+    with ``option_defaults`` it is a dict of every trained baseline's command-line options,
+    narrowed by :func:`settings_from_options`.
     The name, the domain, the settings and the data are checked before training; the
     files are stored after it and the row written in one transaction, so bad input, a
     failed run or an interruption (SIGTERM, Ctrl-C) leaves the registry as it was and no
     staging behind."""
     baseline = trainable_baseline(name)()
     registry.domain(domain)
+    if option_defaults is not None:
+        config = settings_from_options(name, config, option_defaults)
     settings = baseline.settings(config)
     data = registry.domain_data(domain)
     started = time.perf_counter()

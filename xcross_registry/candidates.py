@@ -15,6 +15,12 @@ Protocols:
   nothing is sampled: the set holds only the positive column, and
   :func:`exclusion_mask` gives the items to leave out.
 
+``sampled`` and ``sampled-pop`` take a negatives count (default
+:data:`DEFAULT_NEGATIVES`, the X-Cross setting; ``100`` is SASRec's).  A protocol is
+named by its *label*: the plain name for the default count, so every set and result
+stored before counts were chosen keeps its name, and ``NAME:COUNT`` otherwise
+(``sampled:100``); sets, results and leaderboard boards are keyed by the label.
+
 The bytes of a :class:`CandidateSet` are a safetensors file (no pickle, no torch) and
 depend only on the data, split, protocol, seed and sizes, so the artifact store can
 key them by content.
@@ -33,6 +39,7 @@ from .data import SPLITS, DomainData, UserSequence
 from .errors import ArtifactError, ValidationError
 
 PROTOCOLS = ("sampled", "sampled-pop", "full")
+DEFAULT_NEGATIVES = 29
 _METADATA_KEY = "xreg.candidates"
 
 
@@ -79,16 +86,44 @@ class CandidateSet:
         return self.candidates[:, 0]
 
 
+def protocol_label(protocol: str, negatives: int | None = None) -> str:
+    """The label of ``protocol`` with ``negatives`` sampled negatives (``None``: the
+    default count, or the count a label such as ``sampled:100`` already carries)."""
+    name, count = parse_protocol(protocol)
+    if negatives is not None:
+        if name == "full":
+            raise ValidationError("the full protocol ranks the whole catalogue; --negatives "
+                                  "applies to sampled and sampled-pop")
+        if negatives < 1:
+            raise ValidationError(f"--negatives must be at least 1, not {negatives}")
+        count = negatives
+    return name if count in (0, DEFAULT_NEGATIVES) else f"{name}:{count}"
+
+
+def parse_protocol(label: str) -> tuple[str, int]:
+    """(protocol, negatives) of a label: ``sampled`` → (sampled, 29), ``sampled:100`` →
+    (sampled, 100), ``full`` → (full, 0); one :class:`ValidationError` line otherwise."""
+    name, colon, count = label.partition(":") if isinstance(label, str) else ("", "", "")
+    if name not in PROTOCOLS:
+        raise ValidationError(f"unknown evaluation protocol {label!r}; expected one of "
+                              f"{', '.join(PROTOCOLS)} (sampled ones may be NAME:NEGATIVES)")
+    if not colon:
+        return name, 0 if name == "full" else DEFAULT_NEGATIVES
+    if name == "full" or not (count.isascii() and count.isdigit()) or int(count) < 1:
+        raise ValidationError(f"unknown evaluation protocol {label!r}: a negatives count is a "
+                              "positive integer after sampled: or sampled-pop:")
+    return name, int(count)
+
+
 def check_protocol(protocol: str, split: str) -> None:
-    """Refuse an unknown protocol or split (also before a model is loaded to evaluate)."""
-    if protocol not in PROTOCOLS:
-        raise ValidationError(f"unknown evaluation protocol {protocol!r}; expected one of {', '.join(PROTOCOLS)}")
+    """Refuse an unknown protocol label or split (also before a model is loaded to evaluate)."""
+    parse_protocol(protocol)
     if split not in SPLITS:
         raise ValidationError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}")
 
 
-def sample_candidates(data: DomainData, split: str, protocol: str, seed: int = 0, negatives: int = 29,
-                      max_users: int | None = None) -> CandidateSet:
+def sample_candidates(data: DomainData, split: str, protocol: str, seed: int = 0,
+                      negatives: int = DEFAULT_NEGATIVES, max_users: int | None = None) -> CandidateSet:
     """Draw the candidate lists of ``split`` under ``protocol`` (see the module docstring).
 
     With ``max_users`` smaller than the split, that many users are chosen at random

@@ -45,7 +45,8 @@ WIDE_OPTION = typer.Option(False, "--wide", help="Every leaderboard column (mode
 
 
 # The metrics a table shows (evaluations store more: hit@5, ndcg@5, ...).
-SHOWN_METRICS = ("hit@1", "hit@3", "hit@10", "ndcg@10", "mrr")
+SHOWN_METRICS = ("hit@1", "hit@3", "hit@10", "hit@20", "ndcg@10", "ndcg@20", "recall@10",
+                 "recall@20", "mrr")
 
 
 def _print_version(requested: bool) -> None:
@@ -357,6 +358,10 @@ def add_domain(
     plugin: str = typer.Option(..., "--plugin", help="Domain type (plugin) that reads the data."),
     data: str = typer.Option(..., "--data", help="Where the data is (plugin-specific)."),
     description: str = typer.Option("", "--description", help="Free text shown by show."),
+    split: Optional[str] = typer.Option(None, "--split", help="Split strategy: user (the default: "
+                                        "the plugin's user-disjoint splits), leave-one-out, or "
+                                        "temporal[?valid=0.8&test=0.9] (time quantiles; needs "
+                                        "timestamps). A refresh keeps the domain's."),
     adapter: Optional[str] = typer.Option(None, "--adapter", help="Import this PEFT LoRA folder as v1."),
     train: bool = typer.Option(False, "--train", help="Train a LoRA adapter right away (all or "
                                "nothing: a failed training leaves no domain behind)."),
@@ -377,24 +382,26 @@ def add_domain(
         raise ValidationError("--refresh re-registers data only; import or train afterwards "
                               "(xreg train-adapter)")
     if refresh:
-        _refresh_domain(registry, name, plugin, data, as_json)
+        _refresh_domain(registry, name, plugin, data, split, as_json)
     elif adapter is not None:
         adapters.import_adapter(registry, name, plugin, data, adapter, description=description,
-                                base_model=base_model)
+                                base_model=base_model, split=split)
     elif train:
         with _training_run(training, as_json, f"{name} adapter") as (config, progress, deadline):
             adapters.add_trained_domain(registry, name, plugin, data, description=description,
                                         scorer_config=_scorer_config(mode, max_length,
                                                                      popularity_prior),
                                         training_config=config, base_model=base_model,
-                                        template=template, progress=progress, deadline=deadline)
+                                        template=template, progress=progress, deadline=deadline,
+                                        split=split)
     else:
-        registry.add_domain(name, plugin, data, description)
+        registry.add_domain(name, plugin, data, description, split=split)
     _print_domain(_domain_document(registry, name), as_json)
 
 
-def _refresh_domain(registry, name: str, plugin: str, data: str, quiet: bool) -> None:
-    _, changed = registry.refresh_domain(name, plugin, data)
+def _refresh_domain(registry, name: str, plugin: str, data: str, split: str | None,
+                    quiet: bool) -> None:
+    _, changed = registry.refresh_domain(name, plugin, data, split)
     if not changed and not quiet:
         print(f"domain {name}: data unchanged (fingerprint "
               f"{registry.domain(name).data_fingerprint[:12]}); nothing to refresh", file=sys.stderr)
@@ -460,20 +467,39 @@ SASREC_OPTIONS: dict[str, tuple[Any, Any]] = {
 }
 
 
+# The options of `xreg train-baseline item-knn|markov` beyond those they share with
+# sasrec (--fraction, --seed, --max-users, --valid-users, --valid-negatives): each
+# NeighbourhoodConfig field with its default (a test holds them equal).
+NEIGHBOURHOOD_OPTIONS: dict[str, tuple[Any, Any]] = {
+    "neighbours": (int, typer.Option(100, "--neighbours", help="item-knn: most similar items "
+                                     "kept per item (0: all).")),
+    "decay": (float, typer.Option(0.8, "--decay", help="item-knn: weight of the k-th most "
+                                  "recent history item is decay**k.")),
+    "history": (int, typer.Option(50, "--history", help="item-knn: most recent history items "
+                                  "read.")),
+    "smoothing": (float, typer.Option(1.0, "--smoothing", help="markov: weight of the popularity "
+                                      "back-off in P(next | last item).")),
+}
+TRAINED_BASELINE_OPTIONS = {**SASREC_OPTIONS, **NEIGHBOURHOOD_OPTIONS}
+
+
 @app.command("train-baseline")
-@option_group(SASREC_OPTIONS, "settings")
+@option_group(TRAINED_BASELINE_OPTIONS, "settings")
 def train_baseline(
-    baseline: str = typer.Argument(..., metavar="BASELINE", help="Trained baseline: sasrec."),
+    baseline: str = typer.Argument(..., metavar="BASELINE", help="Trained baseline: sasrec, "
+                                   "item-knn or markov."),
     domain: str = typer.Argument(..., metavar="DOMAIN", help="Domain whose training users it "
                                  "learns from."),
     as_json: bool = JSON_OPTION, settings: dict = None,
 ) -> None:
-    """Train a baseline (sasrec: an ID-based sequential model) on a domain and register it
-    as BASELINE:DOMAIN@vN, to evaluate, compare and show like any model."""
+    """Train a baseline (sasrec: an ID-based sequential model; item-knn, markov: neighbourhood
+    models) on a domain and register it as BASELINE:DOMAIN@vN, to evaluate, compare and
+    show like any model.  Options of another baseline are refused when changed."""
     from .baselines import train_baseline as train
     from .registry import as_dict
 
-    _print_baseline_model(as_dict(train(_registry(), baseline, domain, settings)), as_json)
+    defaults = {field: option.default for field, (_, option) in TRAINED_BASELINE_OPTIONS.items()}
+    _print_baseline_model(as_dict(train(_registry(), baseline, domain, settings, defaults)), as_json)
 
 
 @app.command()
@@ -482,17 +508,22 @@ def evaluate(
                                "baseline (popularity:DOMAIN, sasrec:DOMAIN[@vN]), or a domain "
                                "with --baseline."),
     protocol: str = typer.Option("sampled", "--protocol", help="sampled, sampled-pop or full."),
+    negatives: Optional[int] = typer.Option(None, "--negatives", help="Sampled negatives per user "
+                                            "for sampled and sampled-pop (default 29; 100 is "
+                                            "SASRec's protocol); stored as its own protocol "
+                                            "label, e.g. sampled:100."),
     split: str = typer.Option("test", "--split", help="test or valid."),
     max_users: Optional[int] = typer.Option(None, "--max-users", min=1,
                                             help="Evaluate a seeded subset of this many users."),
     seed: int = typer.Option(0, "--seed", help="Candidate and bootstrap seed."),
     domain: Optional[str] = typer.Option(None, "--domain", help="Evaluate on another domain (zero-shot)."),
-    baseline: Optional[str] = typer.Option(None, "--baseline", help="popularity, sasrec (its "
-                                           "latest version) or head-only."),
+    baseline: Optional[str] = typer.Option(None, "--baseline", help="popularity, sasrec, item-knn, "
+                                           "markov (a trained one: its latest version) or head-only."),
     template: Optional[str] = TEMPLATE,
     as_json: bool = JSON_OPTION,
 ) -> None:
-    """Rank the stored candidates, print Hit@1/3/10, NDCG@10 and MRR, store the result."""
+    """Rank the stored candidates, print Hit@1/3/10/20, NDCG@10/20, Recall@10/20 and MRR,
+    store the result."""
     from . import evaluation
     from .subjects import baseline_subject
 
@@ -500,7 +531,7 @@ def evaluate(
     if baseline is not None:
         name, domain = baseline_subject(registry, baseline, name, domain)
     result = evaluation.evaluate(registry, name, domain=domain, template=template, protocol=protocol,
-                                 split=split, max_users=max_users, seed=seed)
+                                 split=split, max_users=max_users, seed=seed, negatives=negatives)
     if as_json:
         _emit_json(result.as_dict())
         return
@@ -945,7 +976,8 @@ def compare(
     domain: str = typer.Argument(..., metavar="DOMAIN", help="Domain both were evaluated on."),
     first: str = typer.Argument(..., metavar="FIRST", help="Subject as named on the leaderboard."),
     second: str = typer.Argument(..., metavar="SECOND", help="Subject to subtract from FIRST."),
-    protocol: str = typer.Option("sampled", "--protocol", help="sampled, sampled-pop or full."),
+    protocol: str = typer.Option("sampled", "--protocol", help="sampled, sampled-pop or full "
+                                 "(sampled:100 for 100 negatives)."),
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Paired bootstrap of FIRST minus SECOND on the same stored candidates of DOMAIN."""
@@ -987,9 +1019,9 @@ def domains(as_json: bool = JSON_OPTION) -> None:
     if as_json:
         _emit_json(rows)
         return
-    _table("domains", ["name", "plugin", "items", "users (train/valid/test)", "fingerprint",
+    _table("domains", ["name", "plugin", "split", "items", "users (train/valid/test)", "fingerprint",
                        "description"],
-           [[d["name"], d["plugin"], d["summary"].get("items"), _users(d["summary"]),
+           [[d["name"], d["plugin"], d["split"], d["summary"].get("items"), _users(d["summary"]),
              d["data_fingerprint"][:12], d["description"]] for d in rows],
            empty="no domains yet; register one with `xreg add-domain NAME --plugin P --data LOCATION` "
                  "(`xreg plugins` lists the plugins)")
@@ -1140,8 +1172,8 @@ def _print_domain(d: dict, as_json: bool = False) -> None:
     console.print(f"items {summary.get('items')}, users train/valid/test {_users(summary)}, "
                   f"interactions {summary.get('interactions')}, sequence length "
                   f"{lengths.get('min')}-{lengths.get('max')} (mean {lengths.get('mean')})")
-    console.print(f"fingerprint {d['data_fingerprint']} (data version {d.get('data_version', 1)}, "
-                  f"plugin version {d.get('plugin_version') or 'unknown'})")
+    console.print(f"fingerprint {d['data_fingerprint']} (split {d.get('split', 'user')}, data "
+                  f"version {d.get('data_version', 1)}, plugin version {d.get('plugin_version') or 'unknown'})")
     for adapter in d.get("adapters", []):
         console.print(f"adapter v{adapter['version']}: {adapter['trainable_parameters']} "
                       f"trainable parameters, {adapter['status']}")

@@ -14,10 +14,11 @@ import statistics
 from dataclasses import dataclass, field
 from typing import Callable, NoReturn, Sequence
 
-from .templates import PromptTemplate
+from .templates import PromptTemplate, template_problem
 
 SPLITS = ("train", "valid", "test")
 MISSING_TITLE = "(untitled item)"
+DEFAULT_SPLIT_STRATEGY = "user"  # the loader's own user-disjoint splits (see splits.py)
 
 
 @dataclass(frozen=True)
@@ -45,10 +46,14 @@ class Item:
 class UserSequence:
     """A user's items, oldest first, as indices into the catalogue.
 
-    The last item is the one to predict; the rest is the history."""
+    The last item is the one to predict; the rest is the history.  ``times``, when the
+    source has them, holds each item's timestamp (any number, non-decreasing): the
+    ``temporal`` split strategy cuts on them.  They are not part of the fingerprint:
+    what they decide (which split an interaction lands in) is."""
 
     user: str
     items: tuple[int, ...]
+    times: tuple[float, ...] | None = None
 
     @property
     def history(self) -> tuple[int, ...]:
@@ -61,12 +66,17 @@ class UserSequence:
 
 @dataclass
 class DomainData:
-    """Catalogue plus train / valid / test users of one domain."""
+    """Catalogue plus train / valid / test users of one domain.
+
+    ``split_strategy`` names how the splits were made (:mod:`xcross_registry.splits`):
+    ``user`` for a loader's own user-disjoint splits, else the strategy (with its
+    options) that re-split the loader's sequences."""
 
     items: list[Item]
     train: list[UserSequence]
     valid: list[UserSequence]
     test: list[UserSequence]
+    split_strategy: str = DEFAULT_SPLIT_STRATEGY
 
     def split(self, name: str) -> list[UserSequence]:
         if name not in SPLITS:
@@ -74,8 +84,12 @@ class DomainData:
         return getattr(self, name)
 
     def fingerprint(self) -> str:
-        """sha256 over a canonical JSON form of catalogue and splits."""
+        """sha256 over a canonical JSON form of catalogue and splits; a split strategy
+        other than the default is hashed first, so data registered with the default
+        keeps the fingerprint it had before strategies existed."""
         digest = hashlib.sha256()
+        if self.split_strategy != DEFAULT_SPLIT_STRATEGY:
+            digest.update(f"#split-strategy {self.split_strategy}\n".encode())
         for item in self.items:
             digest.update(json.dumps([item.id, item.title, sorted(item.fields.items())],
                                      ensure_ascii=False, separators=(",", ":")).encode())
@@ -96,8 +110,14 @@ class DomainData:
         return counts
 
     def summary(self) -> dict:
-        """What ``xreg add-domain`` and ``xreg show`` print about the data."""
-        lengths = [len(seq.items) for split in SPLITS for seq in self.split(split)]
+        """What ``xreg add-domain`` and ``xreg show`` print about the data.  Interactions
+        and lengths count each user once, by their longest sequence: a split strategy such
+        as leave-one-out puts one user's prefixes into several splits."""
+        longest: dict[str, int] = {}
+        for split in SPLITS:
+            for seq in self.split(split):
+                longest[seq.user] = max(longest.get(seq.user, 0), len(seq.items))
+        lengths = list(longest.values())
         return {
             "items": len(self.items),
             "users": {split: len(self.split(split)) for split in SPLITS},
@@ -160,6 +180,18 @@ class DomainType:
         return self.default_template
 
 
+def catalogue_digest(data: DomainData) -> str:
+    """sha256 of the catalogue's item ids in order: what an ID model's rows mean.
+
+    Scoring another catalogue with the same model would silently mix items up; splits
+    may differ (a scored domain's test users are not the training users)."""
+    digest = hashlib.sha256()
+    for item in data.items:
+        digest.update(item.id.encode())
+        digest.update(b"\n")
+    return digest.hexdigest()
+
+
 def catalogue_keys(data: DomainData) -> dict[str, Item]:
     """Each item under its lower-cased title and id (the first item wins a shared title)."""
     by_key: dict[str, Item] = {}
@@ -204,7 +236,9 @@ REQUIRED_SPLITS = ("train", "test")  # "valid" may be empty: training then keeps
 
 
 def validate_domain_type(domain_type: DomainType) -> None:
-    """Refuse a domain type that cannot serve prompts (no templates, or not templates).
+    """Refuse a domain type that cannot serve prompts: no templates, something else than
+    templates, or a template that breaks a rule of :func:`~xcross_registry.templates.template_problem`
+    (the message names the template, the part and the rule).
 
     Raises :class:`~xcross_registry.errors.PluginError` naming the domain type."""
     from .errors import PluginError
@@ -223,19 +257,26 @@ def validate_domain_type(domain_type: DomainType) -> None:
         if not isinstance(template, PromptTemplate):
             raise PluginError(f"{where}: template {position} is a {type(template).__name__}, "
                               "not a PromptTemplate")
+        problem = template_problem(template)
+        if problem is not None:
+            raise PluginError(f"{where}: template {template.key}, {problem}")
         if template.key in seen:
             raise PluginError(f"{where}: two templates are called {template.key}")
         seen.add(template.key)
 
 
-def validate_domain_data(data: DomainData, domain_type: DomainType, location: str) -> None:
+def validate_domain_data(data: DomainData, domain_type: DomainType, location: str, *,
+                         disjoint_users: bool = True) -> None:
     """Check a loader's output against the data contract (docs/plugins.md), so that a
     broken loader fails at ``add-domain`` with one line instead of deep inside training.
 
-    Checks: items are :class:`Item` with string ids and titles; every split is a list
-    of :class:`UserSequence`; ``train`` and ``test`` have users; each sequence has at
-    least :data:`MIN_SEQUENCE_LENGTH` integer indices into ``items``; no user is in two
-    splits (or twice in one); and every template renders.  Raises
+    Checks: items are :class:`Item` with string ids, titles and fields, ids unique as
+    ``--history`` matches them (ignoring case and surrounding spaces); every split is a
+    list of :class:`UserSequence`; ``train`` and ``test`` have users; each sequence has
+    at least :data:`MIN_SEQUENCE_LENGTH` integer indices into ``items`` and, when it has
+    ``times``, one non-decreasing number per item; no user is in two splits (unless
+    ``disjoint_users`` is False: a split strategy such as leave-one-out puts every user in
+    several) or twice in one; and every template renders.  Raises
     :class:`~xcross_registry.errors.DataError` naming the plugin, the split and the
     offending user or item (:class:`~xcross_registry.errors.PluginError` for a
     template that does not render).
@@ -250,17 +291,32 @@ def validate_domain_data(data: DomainData, domain_type: DomainType, location: st
     if not isinstance(data.items, list) or not data.items:
         fail("the catalogue (items) is empty" if isinstance(data.items, list)
              else f"items is a {type(data.items).__name__}, not a list")
+    ids: dict[str, int] = {}
     for index, item in enumerate(data.items):
         if not isinstance(item, Item):
             fail(f"item {index} is a {type(item).__name__}, not an Item")
         if not isinstance(item.id, str):
             fail(f"item {index} has an id of type {type(item.id).__name__}, not a string")
+        if not item.id.strip():
+            fail(f"item {index} has an empty id")
+        key = item.id.strip().lower()
+        if key in ids:
+            fail(f"items {ids[key]} and {index} both have the id {item.id!r}"
+                 + ("" if data.items[ids[key]].id == item.id else
+                    f" (as {data.items[ids[key]].id!r}: ids are matched ignoring case and spaces)")
+                 + "; item ids must be unique, or --history and --candidates cannot name each item")
+        ids[key] = index
         if not isinstance(item.title, str):
             fail(f"item {index} ({item.id!r}) has a title of type {type(item.title).__name__} "
                  f"({item.title!r}), not a string")
         if not isinstance(item.fields, dict):
             fail(f"item {index} ({item.id!r}) has fields of type {type(item.fields).__name__}, "
                  "not a dict")
+        for name, value in item.fields.items():
+            if not isinstance(name, str) or not isinstance(value, str):
+                fail(f"item {index} ({item.id!r}) has field {name!r} = {value!r} "
+                     f"({type(name).__name__} -> {type(value).__name__}); fields map strings "
+                     "to strings")
     n_items = len(data.items)
     seen: dict[str, str] = {}
     for split in SPLITS:
@@ -269,6 +325,7 @@ def validate_domain_data(data: DomainData, domain_type: DomainType, location: st
             fail(f"split {split!r} is a {type(sequences).__name__}, not a list")
         if not sequences and split in REQUIRED_SPLITS:
             fail(f"split {split!r} has no users")
+        in_split: set[str] = set()
         for position, seq in enumerate(sequences):
             if not isinstance(seq, UserSequence):
                 fail(f"split {split!r} entry {position} is a {type(seq).__name__}, "
@@ -277,10 +334,11 @@ def validate_domain_data(data: DomainData, domain_type: DomainType, location: st
                 fail(f"split {split!r} entry {position} has user {seq.user!r}; "
                      "users must be non-empty strings")
             user = f"split {split!r}, user {seq.user!r}"
-            if seq.user in seen:
-                other = seen[seq.user]
-                fail(f"{user} is also in split {other!r}; splits must be disjoint by user"
-                     if other != split else f"{user} appears twice")
+            if seq.user in in_split:
+                fail(f"{user} appears twice")
+            in_split.add(seq.user)
+            if disjoint_users and seq.user in seen:
+                fail(f"{user} is also in split {seen[seq.user]!r}; splits must be disjoint by user")
             seen[seq.user] = split
             if not isinstance(seq.items, (tuple, list)):
                 fail(f"{user}: items is a {type(seq.items).__name__}, not a tuple of indices")
@@ -293,8 +351,25 @@ def validate_domain_data(data: DomainData, domain_type: DomainType, location: st
                 if not 0 <= index < n_items:
                     fail(f"{user}: item index {index} is outside the catalogue of {n_items} "
                          f"items (0..{n_items - 1})")
+            if seq.times is not None:
+                _check_times(seq, fail, user)
     for template in domain_type.templates:
         render_prompts(domain_type, template, data, "test", data.test[0])
+
+
+def _check_times(seq: UserSequence, fail: Callable[[str], NoReturn], user: str) -> None:
+    """A sequence's timestamps: a tuple of one finite number per item, oldest first."""
+    times = seq.times
+    if not isinstance(times, (tuple, list)) or len(times) != len(seq.items):
+        fail(f"{user}: times must be a tuple with one timestamp per item "
+             f"({len(seq.items)}), got {type(times).__name__}"
+             + (f" of {len(times)}" if isinstance(times, (tuple, list)) else ""))
+    for position, value in enumerate(times):
+        if type(value) not in (int, float) or value != value or value in (float("inf"), float("-inf")):
+            fail(f"{user}: timestamp {value!r} is not a finite number")
+        if position and value < times[position - 1]:
+            fail(f"{user}: timestamps go back in time ({times[position - 1]!r} then {value!r}); "
+                 "a sequence is oldest first")
 
 
 def render_prompts(domain_type: DomainType, template: PromptTemplate, data: DomainData,

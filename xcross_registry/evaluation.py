@@ -16,7 +16,7 @@ import numpy as np
 import safetensors.numpy
 
 from .baselines import ScoreFunction
-from .candidates import CandidateSet, check_protocol, exclusion_mask
+from .candidates import CandidateSet, check_protocol, exclusion_mask, parse_protocol, protocol_label
 from .checks import check_seed
 from .data import DomainData
 from .errors import ValidationError
@@ -59,12 +59,14 @@ class Evaluation:
 
 
 def check_options(protocol: str = "sampled", split: str = "test", max_users: int | None = None,
-                  seed: int = 0) -> None:
-    """The evaluation options a user gives, checked before any model is loaded."""
+                  seed: int = 0, negatives: int | None = None) -> str:
+    """The evaluation options a user gives, checked before any model is loaded; returns
+    the protocol's label (``sampled:100`` for ``sampled`` with ``negatives=100``)."""
     check_protocol(protocol, split)
     if max_users is not None and max_users < 1:
         raise ValidationError(f"--max-users must be at least 1, not {max_users}")
     check_seed("--seed", seed)
+    return protocol_label(protocol, negatives)
 
 
 def choose_users(candidates: CandidateSet, max_users: int | None, seed: int) -> np.ndarray:
@@ -80,17 +82,21 @@ def choose_users(candidates: CandidateSet, max_users: int | None, seed: int) -> 
 
 def evaluate_scores(registry: Registry, domain: str, score: ScoreFunction, *, subject_kind: str,
                     subject_name: str, protocol: str = "sampled", split: str = "test",
-                    max_users: int | None = None, seed: int = 0, ks: Sequence[int] = DEFAULT_KS,
-                    adapter_version_id: int | None = None, composition_id: int | None = None,
-                    extra: dict | None = None) -> Evaluation:
-    """Score ``domain``'s stored candidates with ``score`` and record the result."""
-    check_options(protocol, split, max_users, seed)
+                    max_users: int | None = None, seed: int = 0, negatives: int | None = None,
+                    ks: Sequence[int] = DEFAULT_KS, adapter_version_id: int | None = None,
+                    composition_id: int | None = None, extra: dict | None = None) -> Evaluation:
+    """Score ``domain``'s stored candidates with ``score`` and record the result.
+
+    ``protocol`` is a protocol or its label; ``negatives`` (sampled protocols) overrides
+    the count, and the result is stored under the label (see :mod:`.candidates`)."""
+    protocol = check_options(protocol, split, max_users, seed, negatives=negatives)
+    extra = {**(extra or {}), "negatives": parse_protocol(protocol)[1]}
     data = registry.domain_data(domain)
     candidates, candidates_digest = registry.candidate_set(domain, split, protocol, seed)
     rows = choose_users(candidates, max_users, seed)
     users = candidates.users[rows]
     with task(f"evaluating {subject_name} on {domain}") as progress:
-        if protocol == "full":
+        if parse_protocol(protocol)[0] == "full":
             ranks = _full_catalogue_ranks(data, split, users, candidates.positives[rows], score,
                                           progress)
         else:
@@ -109,11 +115,11 @@ def evaluate_scores(registry: Registry, domain: str, score: ScoreFunction, *, su
                             protocol=protocol, split=split, num_users=int(len(users)),
                             metrics=metrics, candidates_digest=candidates_digest,
                             ranks_digest=ranks_digest, data_fingerprint=row.data_fingerprint,
-                            extra=extra or {})
+                            extra=extra)
     registry.add_evaluation(
         subject_kind=subject_kind, subject_name=subject_name, domain=domain, protocol=protocol,
         split=split, metrics={"summary": metrics, "ranks_digest": ranks_digest, "seed": seed,
-                              **(extra or {})},
+                              **extra},
         num_users=len(users), candidates_digest=candidates_digest,
         adapter_version_id=adapter_version_id, composition_id=composition_id)
     return evaluation
@@ -144,6 +150,25 @@ def load_ranks(registry: Registry, digest: str) -> tuple[np.ndarray, np.ndarray]
     return tensors["users"], tensors["ranks"]
 
 
+def stored_summary(registry: Registry, row: dict, names: Sequence[str]) -> dict[str, dict[str, float]]:
+    """The summary of a stored evaluation (a :meth:`Registry.evaluations` row) for the
+    metrics ``names``.  A metric the row lacks (stored before Recall@K and NDCG@20
+    existed) is derived from the row's stored per-user ranks with the row's seed, which
+    is exactly what evaluating again on the same candidates would give."""
+    from .metrics import bootstrap_interval, per_user_metrics
+
+    summary = {name: row["metrics"][name] for name in names if name in row["metrics"]}
+    missing = [name for name in names if name not in summary]
+    if missing and row.get("ranks_digest"):
+        _, ranks = load_ranks(registry, row["ranks_digest"])
+        values = per_user_metrics(ranks)
+        for name in missing:
+            if name in values:  # as summarize() computes it
+                low, high = bootstrap_interval(values[name], row.get("seed", 0))
+                summary[name] = {"mean": float(values[name].mean()), "low": low, "high": high}
+    return summary
+
+
 def evaluate(registry: Registry, name: str, *, domain: str | None = None,
              template: str | None = None, batch_size: int = 64, **options) -> Evaluation:
     """Evaluate any subject (see :mod:`xcross_registry.subjects`): a composition, an
@@ -154,7 +179,7 @@ def evaluate(registry: Registry, name: str, *, domain: str | None = None,
     loads; a mode that cannot rank a catalogue is refused the ``full`` protocol."""
     check_options(**options)
     subject = resolve_subject(registry, name, domain=domain)
-    full = options.get("protocol") == "full"
+    full = parse_protocol(options.get("protocol", "sampled"))[0] == "full"
     if full:
         subject.require_catalogue_ranker("the full-catalogue protocol")
     loaded = load_subject(registry, subject, template=template, batch_size=batch_size)

@@ -16,9 +16,10 @@ from pathlib import Path
 from .candidates import check_protocol
 from .checks import check_plot_path
 from .errors import ValidationError
+from .evaluation import stored_summary
 from .registry import Registry
 
-COLUMNS = ("hit@1", "hit@3", "hit@10", "ndcg@10", "mrr")
+COLUMNS = ("hit@1", "hit@3", "hit@10", "ndcg@10", "recall@10", "recall@20", "ndcg@20", "mrr")
 
 
 @dataclass
@@ -48,7 +49,8 @@ def leaderboard(registry: Registry, domain: str, protocol: str | None = None,
     registry.domain(domain)  # unknown domains are an error, not an empty board
     check_protocol(protocol or "sampled", split or "test")
     boards: dict[tuple, Board] = {}
-    for row in registry.evaluations(domain, protocol):
+    stored = {row["id"]: row for row in registry.evaluations(domain, protocol)}
+    for row in stored.values():
         if (split is not None and row["split"] != split) or (
                 candidates and not (row["candidates_digest"] or "").startswith(candidates)):
             continue
@@ -62,11 +64,13 @@ def leaderboard(registry: Registry, domain: str, protocol: str | None = None,
                  "popularity_prior": row.get("popularity_prior"),
                  "method": row.get("method"), "training_seed": row.get("training_seed"),
                  "sources": row.get("sources"), "run": row.get("run"),
-                 "metrics": {name: row["metrics"][name] for name in COLUMNS if name in row["metrics"]},
+                 "metrics": {}, "negatives": row.get("negatives"),
                  "evaluation_id": row["id"], "created": row["created"]}
         board.rows = [r for r in board.rows if r["subject"] != entry["subject"]] + [entry]
     ordered = sorted(boards.values(), key=lambda b: -max(r["evaluation_id"] for r in b.rows))
     for board in ordered:
+        for entry in board.rows:  # the shown rows only: older ones may derive from their ranks
+            entry["metrics"] = stored_summary(registry, stored[entry["evaluation_id"]], COLUMNS)
         board.rows.sort(key=lambda r: (-r["metrics"]["hit@1"]["mean"], -r["metrics"]["ndcg@10"]["mean"]))
     return ordered
 

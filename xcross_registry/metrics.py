@@ -1,4 +1,4 @@
-"""Ranking metrics: Hit@K, NDCG@K and MRR, per user and with bootstrap intervals.
+"""Ranking metrics: Hit@K, Recall@K, NDCG@K and MRR, per user and with bootstrap intervals.
 
 Everything starts from the rank of each user's positive.  Ties count AGAINST the
 positive (rank = 1 + number of other candidates scoring at least as high), so a
@@ -9,6 +9,10 @@ against the positive.
 Per-user values are kept so two systems evaluated on the same candidates can be
 compared user by user: ``bootstrap_interval(values_a - values_b, seed)`` is the paired
 interval of their difference.
+
+Every metric is a function of the positive's rank alone, so a stored evaluation's
+per-user ranks give any metric later (:func:`summarize` over them): evaluations stored
+before Recall@K and NDCG@20 existed get them that way.
 """
 
 from __future__ import annotations
@@ -18,7 +22,11 @@ from typing import Sequence
 
 import numpy as np
 
-DEFAULT_KS = (1, 3, 10)
+DEFAULT_KS = (1, 3, 10, 20)
+# Recall@K as papers report it on the full catalogue.  With one held-out item per user
+# it equals Hit@K (the share of users whose item is in the top K); both names are
+# reported so a number can be set beside a paper that uses either.
+RECALL_KS = (10, 20)
 
 
 def sampled_ranks(scores: np.ndarray) -> np.ndarray:
@@ -46,19 +54,24 @@ def full_ranks(scores: np.ndarray, positives: np.ndarray, exclude: np.ndarray | 
     return 1 + np.count_nonzero(beats, axis=1)
 
 
-def per_user_metrics(ranks: np.ndarray, ks: Sequence[int] = DEFAULT_KS) -> dict[str, np.ndarray]:
-    """``{"hit@K", "ndcg@K" for each K, "mrr"}`` → float array [users].
+def per_user_metrics(ranks: np.ndarray, ks: Sequence[int] = DEFAULT_KS,
+                     recall_ks: Sequence[int] = RECALL_KS) -> dict[str, np.ndarray]:
+    """``{"hit@K", "ndcg@K" for each K in ks, "recall@K" for each K in recall_ks, "mrr"}``
+    → float array [users].
 
-    With one relevant item, NDCG@K is 1/log2(rank + 1) when rank <= K, else 0; a K
-    larger than the candidate list simply counts every user as a hit."""
+    With one relevant item, NDCG@K is 1/log2(rank + 1) when rank <= K, else 0, and
+    Recall@K is Hit@K; a K larger than the candidate list counts every user as a hit."""
     ranks = np.asarray(ranks, dtype=np.float64)
     values: dict[str, np.ndarray] = {}
-    for k in ks:
+    for k in (*ks, *recall_ks):
         if k < 1:
             raise ValueError(f"K must be >= 1, got {k}")
+    for k in ks:
         inside = ranks <= k
         values[f"hit@{k}"] = inside.astype(np.float64)
         values[f"ndcg@{k}"] = np.where(inside, 1.0 / np.log2(ranks + 1.0), 0.0)
+    for k in recall_ks:
+        values[f"recall@{k}"] = (ranks <= k).astype(np.float64)
     values["mrr"] = 1.0 / ranks
     return values
 
@@ -90,8 +103,9 @@ class MetricSummary:
 
 
 def summarize(ranks: np.ndarray, ks: Sequence[int] = DEFAULT_KS, seed: int = 0,
-              n_boot: int = 1000) -> dict[str, MetricSummary]:
-    """Every metric of :func:`per_user_metrics` as mean and 95% interval."""
+              n_boot: int = 1000, recall_ks: Sequence[int] = RECALL_KS) -> dict[str, MetricSummary]:
+    """Every metric of :func:`per_user_metrics` as mean and 95% interval.  Each metric's
+    interval is drawn with ``seed`` on its own, so adding a metric changes no other."""
     return {name: MetricSummary(float(values.mean()) if values.size else float("nan"),
                                 *bootstrap_interval(values, seed, n_boot))
-            for name, values in per_user_metrics(ranks, ks).items()}
+            for name, values in per_user_metrics(ranks, ks, recall_ks).items()}

@@ -10,6 +10,12 @@ Three names meet here (docs/plugins.md): the *entry-point name* (what the allowl
 and ``xreg plugins`` say), the *module* it points at, and the *domain-type name* each
 registered :class:`DomainType` carries (what ``add-domain --plugin`` takes).  When a
 user gives one where another is expected, the error says which name to use instead.
+
+What a plugin can get wrong is an error row, never a silent gap: a hook that registers
+nothing (no ``@hookimpl``, a hook that returns its domain type instead of calling
+``register``), a plugin that needs a newer plugin API (its module's
+``REQUIRES_PLUGIN_API``), and two plugins claiming one domain-type name, which refuses
+both claimants (built-ins included) rather than letting entry-point order choose.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ from types import ModuleType
 
 import pluggy
 
-from . import hookspecs
+from . import PLUGIN_API_VERSION, hookspecs
 from .data import DomainType
 from .errors import NotFoundError, PluginError
 from .templates import PromptTemplate
@@ -38,11 +44,20 @@ class PluginInfo:
     version: str | None = None
     domain_types: list[str] = field(default_factory=list)
     error: str | None = None
+    distribution: str | None = None  # the installed package that provides the entry point
+    registered_nothing: bool = False  # it imported, but its hooks gave no domain type
+
+    @property
+    def package(self) -> str:
+        """How messages name the plugin: entry point and the package it comes from."""
+        source = f"{self.distribution} {self.version}" if self.distribution else self.module
+        return f"plugin {self.name!r} (package {source})"
 
     def as_dict(self, domain_types: dict[str, DomainType] | None = None) -> dict:
         """JSON form; with the loaded ``domain_types`` also each type's description and
         templates (what ``xreg plugins`` lists)."""
         document = {"name": self.name, "module": self.module, "version": self.version,
+                    "distribution": self.distribution,
                     "domain_types": self.domain_types, "error": self.error}
         if domain_types is not None:
             document["domain_type_details"] = [describe_domain_type(domain_types[name])
@@ -72,45 +87,61 @@ class PluginSet:
         self.plugins: dict[str, PluginInfo] = {}
         self.domain_types: dict[str, DomainType] = {}
         self._type_owner: dict[str, str] = {}
+        self._claimants: dict[str, list[PluginInfo]] = {}  # domain-type name -> plugins claiming it
         self.not_allowed: dict[str, str] = {}
         self.unmatched: list[str] = []
 
-    def add(self, module: ModuleType, name: str, version: str | None = None) -> PluginInfo:
-        """Register an imported plugin module and collect what its hooks contribute."""
-        info = PluginInfo(name=name, module=module.__name__, version=version)
+    def add(self, module: ModuleType, name: str, version: str | None = None,
+            distribution: str | None = None) -> PluginInfo:
+        """Register an imported plugin module and collect what its hooks contribute;
+        every problem becomes the plugin's error row (see the module docstring)."""
+        info = PluginInfo(name=name, module=module.__name__, version=version, distribution=distribution)
         self.plugins[name] = info
         try:
+            _check_api(module)
             self.manager.register(module, name=name)
-        except Exception as exc:  # a malformed hookimpl, a name clash
-            info.error = _describe(exc)
+        except Exception as exc:  # a malformed hookimpl, a name clash, a newer API needed
+            info.error = describe(exc)
             return info
-        impls = [impl for impl in self.manager.hook.register_domains.get_hookimpls()
-                 if impl.plugin_name == name]
-        collected: list[DomainType] = []
         try:
-            for impl in impls:
-                impl.function(register=lambda domain_type: collected.append(domain_type))
-            for domain_type in collected:
-                if not isinstance(domain_type, DomainType):
-                    raise PluginError(f"registered {type(domain_type).__name__}, not a DomainType")
-                owner = self._type_owner.get(domain_type.name)
-                if owner is not None:
-                    raise PluginError(f"domain type {domain_type.name!r} is already "
-                                      f"registered by plugin {owner!r}")
-        except Exception as exc:
-            info.error = _describe(exc)
+            collected = _collect(self.manager, name)
+        except (Exception, SystemExit) as exc:  # a plugin never ends the command
+            info.error = describe(exc)
+            info.registered_nothing = isinstance(exc, NothingRegistered)
             self.manager.unregister(name=name)
             return info
         for domain_type in collected:
-            self.domain_types[domain_type.name] = domain_type
-            self._type_owner[domain_type.name] = name
-            info.domain_types.append(domain_type.name)
+            self._claim(info, domain_type)
         return info
 
+    def _claim(self, info: PluginInfo, domain_type: DomainType) -> None:
+        """Give ``domain_type`` to ``info``'s plugin, or, when another plugin claims its name
+        too, to none of them: a clash refuses every claimant, whatever the load order."""
+        name = domain_type.name
+        claimants = self._claimants.setdefault(name, [])
+        claimants.append(info)
+        if len(claimants) == 1:
+            self.domain_types[name] = domain_type
+            self._type_owner[name] = info.name
+            info.domain_types.append(name)
+            return
+        if len(claimants) == 2:  # the first claimant loses it too
+            first = claimants[0]
+            first.domain_types.remove(name)
+            del self.domain_types[name], self._type_owner[name]
+            _add_error(first, f"domain type {name!r} is also registered by {info.package}; neither is loaded")
+        _add_error(info, f"domain type {name!r} is also registered by {claimants[0].package}; "
+                         "neither is loaded")
+
+    def clash(self, name: str) -> str | None:
+        """Who claims domain type ``name`` when more than one plugin does."""
+        claimants = self._claimants.get(name, [])
+        return " and ".join(c.package for c in claimants) if len(claimants) > 1 else None
+
     def add_failure(self, name: str, module: str, error: BaseException,
-                    version: str | None = None) -> None:
-        self.plugins[name] = PluginInfo(name=name, module=module, version=version,
-                                        error=_describe(error))
+                    version: str | None = None, distribution: str | None = None) -> None:
+        self.plugins[name] = PluginInfo(name=name, module=module, version=version, error=describe(error),
+                                        distribution=distribution)
 
     def owner(self, domain_type: str) -> PluginInfo | None:
         """The plugin (entry point) that registered ``domain_type``, if it is loaded."""
@@ -123,8 +154,13 @@ class PluginSet:
         allowlist, a plugin that failed) and what to type."""
         if name in self.domain_types:
             return self.domain_types[name]
+        if self.clash(name):
+            raise PluginError(f"domain type {name!r} is registered by {self.clash(name)}; none of "
+                              "them is loaded: uninstall one, or leave one out with XREG_LOAD_PLUGINS")
         broken = self.plugins.get(name)
-        if broken is not None and broken.error:
+        if broken is not None and broken.registered_nothing:
+            raise PluginError(f"plugin {name!r} is installed but {broken.error}")
+        if broken is not None and broken.error and not broken.domain_types:
             raise PluginError(f"plugin {name!r} failed to load: {broken.error}")
         for info in self.plugins.values():
             if name in (info.name, info.module) and info.domain_types:
@@ -152,8 +188,52 @@ class PluginSet:
                 f"(installed: {installed})" for name in self.unmatched]
 
 
-def _describe(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}".splitlines()[0]
+class NothingRegistered(PluginError):
+    """A plugin's hooks ran without registering a domain type."""
+
+
+def describe(exc: BaseException) -> str:
+    """An exception as one line: its type and message (our own errors: the message)."""
+    if isinstance(exc, PluginError):  # our own words already
+        return str(exc).splitlines()[0]
+    text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    return text.splitlines()[0]
+
+
+def _add_error(info: PluginInfo, message: str) -> None:
+    info.error = message if not info.error else f"{info.error}; {message}"
+
+
+def _check_api(module: ModuleType) -> None:
+    """Refuse a module whose ``REQUIRES_PLUGIN_API = (MAJOR, MINOR)`` this library does not
+    offer: another major version, or a newer minor one."""
+    needed = getattr(module, "REQUIRES_PLUGIN_API", None)
+    if needed is None:
+        return
+    if not (isinstance(needed, tuple) and len(needed) == 2 and all(type(n) is int for n in needed)):
+        raise PluginError(f"REQUIRES_PLUGIN_API must be a (major, minor) tuple of ints, not {needed!r}")
+    if needed[0] != PLUGIN_API_VERSION[0] or needed[1] > PLUGIN_API_VERSION[1]:
+        offered = ".".join(map(str, PLUGIN_API_VERSION))
+        raise PluginError(f"needs plugin API {needed[0]}.{needed[1]}, this xcross-registry offers "
+                          f"{offered} (see CHANGELOG.md)")
+
+
+def _collect(manager: pluggy.PluginManager, name: str) -> list[DomainType]:
+    """What plugin ``name``'s hooks register, checked: DomainType objects, at least one,
+    and registered through ``register`` rather than returned."""
+    impls = [impl for impl in manager.hook.register_domains.get_hookimpls() if impl.plugin_name == name]
+    collected: list = []
+    for impl in impls:
+        returned = impl.function(register=collected.append)
+        if returned is not None:
+            raise NothingRegistered(f"its register_domains returned a {type(returned).__name__} "
+                                    "instead of calling register(...) with it")
+    for domain_type in collected:
+        if not isinstance(domain_type, DomainType):
+            raise PluginError(f"registered {type(domain_type).__name__}, not a DomainType")
+    if not collected:
+        raise NothingRegistered("registered no domain types (did you forget @hookimpl?)")
+    return collected
 
 
 def allowlist() -> set[str] | None:
@@ -177,14 +257,15 @@ def discover() -> PluginSet:
         if entry_point.name in plugin_set.plugins:
             continue  # the same distribution seen twice on sys.path
         version = entry_point.dist.version if entry_point.dist else None
+        distribution = entry_point.dist.metadata["Name"] if entry_point.dist else None
         try:
             module = entry_point.load()
         except BaseException as exc:  # SystemExit too: a plugin must never end the CLI
             if isinstance(exc, KeyboardInterrupt):
                 raise
-            plugin_set.add_failure(entry_point.name, entry_point.value, exc, version)
+            plugin_set.add_failure(entry_point.name, entry_point.value, exc, version, distribution)
             continue
-        plugin_set.add(module, entry_point.name, version)
+        plugin_set.add(module, entry_point.name, version, distribution)
     return plugin_set
 
 

@@ -31,11 +31,12 @@ from sqlalchemy.orm import Session, selectinload
 
 from . import settings
 from .artifacts import open_store
-from .data import DomainData, DomainType, Item, validate_domain_data, validate_domain_type
+from .data import (DEFAULT_SPLIT_STRATEGY, DomainData, DomainType, Item, validate_domain_data,
+                   validate_domain_type)
 from .database import explained_errors, open_session_factory
 from .errors import (ConflictError, DataError, ModelError, NotFoundError, PluginError,
                      ValidationError, XregError)
-from .plugins import PluginSet, get_plugins
+from .plugins import PluginSet, describe, get_plugins
 from .safe_text import mask_url
 from .schema import (AdapterVersion, Base, BaseModel, BaselineModel, Composition, CompositionSource,
                      Domain, EvaluationResult, Tag, utcnow)
@@ -111,30 +112,37 @@ class Registry:
 
     # ---- domains -------------------------------------------------------------------
 
-    def add_domain(self, name: str, plugin: str, data: str, description: str = "") -> Domain:
-        """Validate ``data`` with the plugin's loader, then register it as domain ``name``."""
-        pending = self.load_new_domain(name, plugin, data, description)
+    def add_domain(self, name: str, plugin: str, data: str, description: str = "",
+                   split: str | None = None) -> Domain:
+        """Validate ``data`` with the plugin's loader, split it by the strategy ``split``
+        (:mod:`xcross_registry.splits`; ``None``: ``user``, the loader's own splits), then
+        register it as domain ``name``."""
+        pending = self.load_new_domain(name, plugin, data, description, split)
         with self.session() as session:
             self._insert_domain(session, pending)
         self._data_cache[name] = pending.data
         return pending.row
 
-    def load_new_domain(self, name: str, plugin: str, data: str, description: str = "") -> PendingDomain:
-        """Check the name and load ``data`` with the plugin, without registering anything:
-        the domain row to insert later, with its data.
+    def load_new_domain(self, name: str, plugin: str, data: str, description: str = "",
+                        split: str | None = None) -> PendingDomain:
+        """Check the name, load ``data`` with the plugin and split it, without registering
+        anything: the domain row to insert later, with its data.  The data is loaded
+        twice: a loader that is not deterministic is refused here, not later.
 
         ``add-domain --train`` trains on this and inserts the domain together with its
         first adapter in one transaction, so a run killed at any moment (even SIGKILL)
         leaves either both or neither."""
         validate_name(name)
+        split = _split_text(split or DEFAULT_SPLIT_STRATEGY)
         with self.session() as session:
             self._check_domain_name(session, name, plugin)
         domain_type = self.plugins.domain_type(plugin)
         location = normalise_location(domain_type, data)
-        loaded = load_with(domain_type, location)
+        loaded = load_deterministic(domain_type, location, split)
         row = Domain(name=name, plugin=plugin, data_location=location,
                      data_fingerprint=loaded.fingerprint(), summary=loaded.summary(),
-                     description=description, plugin_version=self.plugin_version(plugin))
+                     description=description, plugin_version=self.plugin_version(plugin),
+                     split_strategy=split)
         return PendingDomain(row, loaded, domain_type)
 
     def _insert_domain(self, session: Session, pending: PendingDomain) -> Domain:
@@ -155,8 +163,8 @@ class Registry:
         if session.scalar(select(Composition.id).where(Composition.name == name)) is not None:
             raise ConflictError(f"{name!r} is the name of a composition; choose another domain name")
 
-    def refresh_domain(self, name: str, plugin: str | None = None,
-                       data: str | None = None) -> tuple[Domain, bool]:
+    def refresh_domain(self, name: str, plugin: str | None = None, data: str | None = None,
+                       split: str | None = None) -> tuple[Domain, bool]:
         """Re-read a domain's data (from ``data``, or where it was registered) and make it
         the domain's next data version when its fingerprint changed.
 
@@ -171,9 +179,13 @@ class Registry:
         if plugin is not None and plugin != row.plugin:
             raise ValidationError(f"domain {name!r} is read by plugin {row.plugin!r}, not {plugin!r}; "
                                   "a refresh keeps the plugin (register other data under a new name)")
+        if split is not None and _split_text(split) != row.split_strategy:
+            raise ValidationError(f"domain {name!r} is split by {row.split_strategy!r}, not "
+                                  f"{_split_text(split)!r}; a refresh keeps the split strategy "
+                                  "(register the other split under a new name)")
         domain_type = self.plugins.domain_type(row.plugin)
         location = normalise_location(domain_type, data) if data is not None else row.data_location
-        loaded = load_with(domain_type, location)
+        loaded = load_deterministic(domain_type, location, row.split_strategy)
         fingerprint = loaded.fingerprint()
         version = self.plugin_version(row.plugin)
         if fingerprint == row.data_fingerprint:  # same data: at most a new place or plugin version
@@ -219,8 +231,10 @@ class Registry:
         if name in self._data_cache:
             return self._data_cache[name]
         row = self.domain(name)
-        loaded = load_with(self.plugins.domain_type(row.plugin), row.data_location)
+        domain_type = self.plugins.domain_type(row.plugin)
+        loaded = load_with(domain_type, row.data_location, row.split_strategy)
         if loaded.fingerprint() != row.data_fingerprint:
+            load_deterministic(domain_type, row.data_location, row.split_strategy, loaded)
             then, now = row.plugin_version or "unknown", self.plugin_version(row.plugin) or "unknown"
             where = shlex.quote(row.data_location)
             raise DataError(
@@ -315,7 +329,7 @@ class Registry:
 
         Every evaluation of a domain reads the same stored bytes, so all methods and
         baselines are ranked against identical lists."""
-        from .candidates import CandidateSet, sample_candidates
+        from .candidates import CandidateSet, parse_protocol, sample_candidates
 
         row = self.domain(domain)
         key = (CandidateSetRow.data_fingerprint == row.data_fingerprint,
@@ -324,7 +338,9 @@ class Registry:
         with self.session() as session:
             digest = session.scalar(select(CandidateSetRow.artifact_digest).where(*key))
         if digest is None:
-            drawn = sample_candidates(self.domain_data(domain), split, protocol, seed=seed)
+            name, negatives = parse_protocol(protocol)  # a label: sampled:100 has 100 negatives
+            drawn = sample_candidates(self.domain_data(domain), split, name, seed=seed,
+                                      negatives=negatives)
             drawn_digest = self.store.put_bytes(drawn.to_bytes())
             with self.session() as session:
                 # Another process may have drawn the same set meanwhile: the first row
@@ -655,23 +671,54 @@ def _with_lineage(query):
                          adapter.selectinload(AdapterVersion.base_model))
 
 
-def load_with(domain_type: DomainType, location: str) -> DomainData:
-    """Run a plugin's loader and check its output against the data contract
-    (:func:`~xcross_registry.data.validate_domain_data`); anything but our own errors
-    is reported as the plugin's."""
+def _split_text(split: str) -> str:
+    from .splits import parse_split
+
+    return parse_split(split).text
+
+
+def load_with(domain_type: DomainType, location: str,
+              split: str = DEFAULT_SPLIT_STRATEGY) -> DomainData:
+    """Run a plugin's loader, check its output against the data contract
+    (:func:`~xcross_registry.data.validate_domain_data`) and make the splits of the
+    strategy ``split`` (checked again).  Anything but our own errors is reported as the
+    plugin's, ``SystemExit`` and ``KeyboardInterrupt`` raised by a loader included: a
+    plugin never ends the command without its one line."""
+    from .splits import apply_split, disjoint_users
+
     validate_domain_type(domain_type)
     try:
         loaded = domain_type.load(location)
     except XregError:
         raise
-    except Exception as exc:
+    except (Exception, SystemExit, KeyboardInterrupt) as exc:
         raise PluginError(f"plugin {domain_type.name!r} failed to load {location}: "
-                          f"{type(exc).__name__}: {exc}") from exc
+                          f"{describe(exc)}") from exc
     if not isinstance(loaded, DomainData):
         raise PluginError(f"plugin {domain_type.name!r} returned {type(loaded).__name__}, "
                           "not DomainData")
     validate_domain_data(loaded, domain_type, location)
-    return loaded
+    if split == DEFAULT_SPLIT_STRATEGY:
+        return loaded
+    made = apply_split(loaded, split, domain_type.name)
+    validate_domain_data(made, domain_type, f"{location} (split {made.split_strategy})",
+                         disjoint_users=disjoint_users(split))
+    return made
+
+
+def load_deterministic(domain_type: DomainType, location: str, split: str = DEFAULT_SPLIT_STRATEGY,
+                       first: DomainData | None = None) -> DomainData:
+    """:func:`load_with` twice (or once more after ``first``); a loader whose two results
+    differ is refused as non-deterministic, since every later command would otherwise
+    find "changed" data."""
+    first = first if first is not None else load_with(domain_type, location, split)
+    again = load_with(domain_type, location, split)
+    if again.fingerprint() != first.fingerprint():
+        raise DataError(f"plugin {domain_type.name!r} is non-deterministic: it loaded {location} "
+                        f"twice with different results (fingerprints {first.fingerprint()[:12]} and "
+                        f"{again.fingerprint()[:12]}); a loader must return the same data for the "
+                        "same location (seed every random choice from its options)")
+    return first
 
 
 def normalise_location(domain_type: DomainType, data: str) -> str:
@@ -685,7 +732,7 @@ def normalise_location(domain_type: DomainType, data: str) -> str:
         location = locate(data)
     except XregError:
         raise
-    except Exception as exc:
+    except (Exception, SystemExit, KeyboardInterrupt) as exc:
         raise PluginError(f"plugin {domain_type.name!r} cannot read the location {data!r}: "
                           f"{type(exc).__name__}: {exc}") from exc
     if not isinstance(location, str):
@@ -699,7 +746,7 @@ def as_dict(row: Any) -> dict[str, Any]:
     if isinstance(row, Domain):
         return {"name": row.name, "plugin": row.plugin, "plugin_version": row.plugin_version,
                 "data_location": row.data_location, "data_fingerprint": row.data_fingerprint,
-                "data_version": row.data_version, "data_history": row.data_history or [],
+                "split": row.split_strategy, "data_version": row.data_version, "data_history": row.data_history or [],
                 "summary": row.summary, "description": row.description,
                 "created": row.created.isoformat()}
     if isinstance(row, AdapterVersion):

@@ -54,7 +54,6 @@ The module is imported only where a SASRec is trained or scored: it imports torc
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import math
 import time
@@ -68,7 +67,7 @@ import torch
 from torch import nn
 
 from .checks import check_seed, finite_positive
-from .data import DomainData, UserSequence
+from .data import DomainData, UserSequence, catalogue_digest
 from .errors import ModelError, ValidationError, refuse_unknown_fields
 from .metrics import per_user_metrics, sampled_ranks
 from .training import TrainingConfig, all_finite, divergence_error, sample_negatives, select_users
@@ -162,18 +161,6 @@ class SASRecConfig:
         except json.JSONDecodeError as error:
             raise ValidationError(f"SASRec config is not valid JSON ({error})") from None
         return cls.from_dict(values)
-
-
-def catalogue_digest(data: DomainData) -> str:
-    """sha256 of the catalogue's item ids in order: what an ID model's rows mean.
-
-    Scoring another catalogue with the same model would silently mix items up; splits
-    may differ (a scored domain's test users are not the training users)."""
-    digest = hashlib.sha256()
-    for item in data.items:
-        digest.update(item.id.encode())
-        digest.update(b"\n")
-    return digest.hexdigest()
 
 
 class _SelfAttentionBlock(nn.Module):

@@ -51,7 +51,7 @@ version = "0.1.0"
 description = "xcross-registry domain plugin: the '$name' domain type"
 readme = "README.md"
 requires-python = ">=3.10"
-dependencies = ["xcross-registry>=0.1"]
+dependencies = ["xcross-registry>=0.2"]
 
 [project.optional-dependencies]
 test = ["pytest>=8"]
@@ -79,7 +79,8 @@ FOLDER holds two JSON-lines files (plain or gzipped):
 * ``events.jsonl``: one object per interaction, ``{"user": "...", "item": "...",
   "time": 1700000000}``.
 
-A user's sequence is their items ordered by ``time`` (ties keep file order). Users with
+A user's sequence is their items ordered by ``time`` (ties keep file order), with those
+times (so ``add-domain --split temporal`` works). Users with
 fewer than ``min_len`` events are dropped. Users go to test / valid / train by a hash of
 ``seed`` and their id, so splits are reproducible (the data contract is in
 xcross-registry's docs/plugins.md). Replace :func:`read_catalogue` and
@@ -93,6 +94,10 @@ from pathlib import Path
 from xcross_registry import (DataError, DomainData, DomainType, Item, PromptTemplate,
                              UserSequence, hookimpl)
 from xcross_registry.plugin_helpers import fraction, iter_json_lines, parse_location, split_users
+
+# The plugin contract this module is written for (docs/plugins.md, "Versions of the
+# contract"): xreg lists the plugin as an error where the installed library lacks it.
+REQUIRES_PLUGIN_API = (2, 0)
 
 OPTIONS = {"seed": int, "valid": fraction, "test": fraction, "min_len": int}
 
@@ -125,8 +130,8 @@ def read_catalogue(path: Path) -> list[Item]:
     return items
 
 
-def read_sequences(path: Path, index: dict[str, int]) -> dict[str, list[int]]:
-    """user -> item indices ordered by time."""
+def read_sequences(path: Path, index: dict[str, int]) -> dict[str, list[tuple[int, int]]]:
+    """user -> (time, item index) ordered by time."""
     events: dict[str, list[tuple[int, int]]] = {}
     for lineno, record in iter_json_lines(path):
         user, item, time = record.get("user"), record.get("item"), record.get("time")
@@ -135,8 +140,7 @@ def read_sequences(path: Path, index: dict[str, int]) -> dict[str, list[int]]:
         if item not in index:
             raise DataError(f"{path}: line {lineno} names item {item!r}, which items.jsonl lacks")
         events.setdefault(user, []).append((time, index[item]))
-    return {user: [item for _, item in sorted(pairs, key=lambda pair: pair[0])]
-            for user, pairs in events.items()}
+    return {user: sorted(pairs, key=lambda pair: pair[0]) for user, pairs in events.items()}
 
 
 def load(location: str) -> DomainData:
@@ -155,7 +159,10 @@ def load(location: str) -> DomainData:
                         test=options.get("test", 0.2))
 
     def users(chosen: list[str]) -> list[UserSequence]:
-        return [UserSequence(user=user, items=tuple(sequences[user])) for user in sorted(chosen)]
+        # with their times, so `add-domain --split temporal` can cut on them
+        return [UserSequence(user=user, items=tuple(item for _, item in sequences[user]),
+                             times=tuple(time for time, _ in sequences[user]))
+                for user in sorted(chosen)]
 
     return DomainData(items=items, train=users(split.train), valid=users(split.valid),
                       test=users(split.test))

@@ -15,7 +15,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 # Bumped together with every new revision in migrations/versions; a test checks that
 # it equals Alembic's head, so startup can compare versions without importing Alembic.
-SCHEMA_HEAD = "0004"
+SCHEMA_HEAD = "0005"
 VERSION_TABLE = "xreg_schema_version"
 
 
@@ -61,6 +61,9 @@ class Domain(Base):
     # version, location, summary and when it was replaced.  Its length + 1 is the
     # current data version; adapters keep the fingerprint they were trained on.
     data_history: Mapped[list[Any]] = mapped_column(default=list)
+    # How the splits are made (xcross_registry.splits, canonical text): "user" for the
+    # loader's own user-disjoint splits, and for every domain registered before 0005.
+    split_strategy: Mapped[str] = mapped_column(String(128), default="user")
 
     adapters: Mapped[list["AdapterVersion"]] = relationship(back_populates="domain")
 

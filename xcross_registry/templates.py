@@ -8,6 +8,7 @@ because the score is about the candidate.
 
 from __future__ import annotations
 
+import string
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Sequence
 
@@ -93,6 +94,51 @@ class PromptTemplate:
             else:
                 high = middle - 1
         return joined(low)
+
+
+# The fields each prompt part may use; ``item`` may use any name (``title`` and the
+# item's own fields; a field an item lacks renders empty).
+PART_FIELDS: dict[str, frozenset[str] | None] = {
+    "item": None,
+    "cross": frozenset({"history", "candidate"}),
+    "query": frozenset({"history", "candidate"}),
+    "document": frozenset({"candidate"}),
+}
+
+
+def template_problem(template: PromptTemplate) -> str | None:
+    """The first rule ``template`` breaks, as ``part 'P' (TEXT): RULE``, or ``None``.
+
+    Rules: name a non-empty string and version a positive integer; every part a string;
+    each formatted part a valid format string whose fields are plain names allowed for
+    that part (:data:`PART_FIELDS`); ``cross`` holds ``{candidate}`` exactly once, written
+    as is (a scorer finds the candidate's span by that text)."""
+    if not isinstance(template.name, str) or not template.name.strip():
+        return f"name {template.name!r}: must be a non-empty string"
+    if type(template.version) is not int or template.version < 1:
+        return f"version {template.version!r}: must be a positive integer"
+    for part in ("item", "separator", "cross", "query", "document"):
+        if not isinstance(getattr(template, part), str):
+            return f"part {part!r}: must be a string, not {type(getattr(template, part)).__name__}"
+    for part, allowed in PART_FIELDS.items():
+        text = getattr(template, part)
+        where = f"part {part!r} ({text!r})"
+        try:
+            fields = [field for _, field, _, _ in string.Formatter().parse(text) if field is not None]
+        except ValueError as error:
+            return (f"{where}: not a valid format string ({error}); write a field as {{name}} "
+                    "and a literal brace as {{ or }}")
+        for field in fields:
+            if not field.isidentifier():
+                return f"{where}: field {{{field}}} is not a plain name such as {{title}}"
+            if allowed is not None and field not in allowed:
+                names = " and ".join(f"{{{name}}}" for name in sorted(allowed))
+                return f"{where}: unknown field {{{field}}}; this part may use only {names}"
+    if template.cross.count("{candidate}") != 1 or \
+            sum(field == "candidate" for _, field, _, _ in string.Formatter().parse(template.cross)) != 1:
+        return (f"part 'cross' ({template.cross!r}): must contain {{candidate}} exactly once, "
+                "written as is (the item being scored)")
+    return None
 
 
 class _Blank(dict):

@@ -18,7 +18,10 @@ options.  The layout is detected from the folder's contents:
   Example: ``downloads?category=Toys_and_Games&max_len=20``.
 
 Users are assigned to splits by a hash of ``seed`` and their reviewer ID, so splits
-are reproducible on any machine and library version.  Any problem with the files
+are reproducible on any machine and library version.  Split strategies
+(``add-domain --split``): both layouts give whole sequences, so ``user`` (the default)
+and ``leave-one-out`` work on either; only the raw download has review times, so
+``temporal`` needs it (the Recformer files are refused with one line).  Any problem with the files
 raises :class:`~xcross_registry.errors.DataError` naming the file.
 """
 

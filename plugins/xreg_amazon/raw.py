@@ -3,7 +3,8 @@
 Reviews are JSON lines with ``reviewerID``, ``asin`` and ``unixReviewTime``; metadata
 lines carry ``asin`` and ``title``.  A user's sequence is their reviews ordered by
 time, ties kept in file order (a stable sort), so the same files always give the same
-sequences.  Users with fewer than ``min_len`` or more than ``max_len`` reviews are
+sequences; each item carries its ``unixReviewTime`` (``UserSequence.times``), which the
+``temporal`` split strategy cuts on.  Users with fewer than ``min_len`` or more than ``max_len`` reviews are
 dropped rather than cut, so every kept sequence is a whole history.  The catalogue is
 the items those users reviewed, sorted by ASIN.
 """
@@ -43,13 +44,14 @@ def load_raw(folder: Path, options: RawOptions) -> DomainData:
     sequences = _sequences(reviews, options.min_len, options.max_len)
     if not sequences:
         raise DataError(f"{reviews}: no reviewer has {options.min_len}–{options.max_len} reviews")
-    asins = sorted({asin for items in sequences.values() for asin in items})
+    asins = sorted({asin for events in sequences.values() for _, asin in events})
     titles = _titles(folder / f"meta_{category}.json.gz", set(asins))
     index = {asin: position for position, asin in enumerate(asins)}
     users = split_users(sorted(sequences), options.seed, valid=options.valid, test=options.test)
 
     def split(chosen: list[str]) -> list[UserSequence]:
-        return [UserSequence(user=user, items=tuple(index[a] for a in sequences[user]))
+        return [UserSequence(user=user, items=tuple(index[asin] for _, asin in sequences[user]),
+                             times=tuple(time for time, _ in sequences[user]))
                 for user in sorted(chosen)]
 
     # Some metadata records lack a title or hold NaN: those items get the placeholder.
@@ -67,8 +69,8 @@ def _reviews_file(folder: Path, category: str | None) -> Path:
     return found[0]
 
 
-def _sequences(path: Path, min_len: int, max_len: int) -> dict[str, list[str]]:
-    """reviewerID → ASINs by review time, for users with an allowed number of reviews."""
+def _sequences(path: Path, min_len: int, max_len: int) -> dict[str, list[tuple[int, str]]]:
+    """reviewerID → (review time, ASIN) by time, for users with an allowed number of reviews."""
     reviews: dict[str, list[tuple[int, str]]] = {}
     for lineno, record in iter_json_lines(path):
         user, asin, time = record.get("reviewerID"), record.get("asin"), record.get("unixReviewTime")
@@ -76,7 +78,7 @@ def _sequences(path: Path, min_len: int, max_len: int) -> dict[str, list[str]]:
             raise DataError(f"{path}: line {lineno} needs string reviewerID and asin and an "
                             "integer unixReviewTime")
         reviews.setdefault(user, []).append((time, asin))
-    return {user: [asin for _, asin in sorted(events, key=lambda event: event[0])]
+    return {user: sorted(events, key=lambda event: event[0])
             for user, events in reviews.items() if min_len <= len(events) <= max_len}
 
 
