@@ -80,6 +80,8 @@ def test_two_replicas_on_two_nodes_answer_as_the_library(xreg_home, tiny_base, m
             assert status == 200, answer
             expected = serving.recommend(model, history, top=5)
             assert answer["subject"] == f"{subject}@v1" and answer["digest"] == model.digest
+            # The same response as xreg serve's: each history entry and what it matched.
+            assert [(h["entry"], h["matched"]) for h in answer["history"]] == [(t, "title") for t in history]
             assert [i["item_id"] for i in answer["items"]] == [r.item_id for r in expected]
             assert [i["score"] for i in answer["items"]] == pytest.approx([r.score for r in expected], rel=1e-6)
         status, answer = _post(f"{url}/v1/recommend", {"subject": "nope", "history": ["x"]})

@@ -25,7 +25,7 @@ from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 
 from ..errors import NotFoundError, ValidationError, XregError
-from .api import RankedItem, RecommendRequest, RecommendResponse
+from .api import RankedItem, RecommendRequest, RecommendResponse, match_report
 
 # Environment the replicas need to find the registry, its artifacts and the model files.
 FORWARDED_ENVIRONMENT = ("XREG_HOME", "XREG_DATABASE_URL", "XREG_ARTIFACTS", "XREG_LOAD_PLUGINS",
@@ -115,6 +115,7 @@ def build_application(config: RayServeConfig) -> Any:
                 return JSONResponse({"error": str(exc)}, status_code=422)
             return RecommendResponse(subject=subject.name, kind=model.kind, version=model.version,
                                      digest=model.digest, domain=model.domain,
+                                     history=match_report(model, body.history),
                                      items=[RankedItem(**r.as_dict()) for r in ranked])
 
         @app.get("/healthz")
