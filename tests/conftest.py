@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import pty
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -83,6 +84,28 @@ def run_subprocess(args: list[str], env: dict[str, str] | None = None,
     full_env = {**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}
     return subprocess.run(args, env=full_env, cwd=cwd, capture_output=True, text=True,
                           timeout=timeout)
+
+
+def run_on_a_terminal(args: list[str], env: dict[str, str], stream: str = "stderr",
+                      timeout: int = 600) -> tuple[int, str]:
+    """Run ``args`` with its ``stream`` (stdout or stderr) on a pseudo-terminal and the
+    other one discarded: its exit code and what the terminal showed."""
+    controller, terminal = pty.openpty()
+    streams = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL, stream: terminal}
+    process = subprocess.Popen(args, stdin=subprocess.DEVNULL, **streams,
+                               env={**os.environ, "HF_HUB_OFFLINE": "1", "TERM": "xterm", **env})
+    os.close(terminal)
+    shown = b""
+    while True:
+        try:
+            chunk = os.read(controller, 65536)
+        except OSError:  # the terminal's other side closed
+            break
+        if not chunk:
+            break
+        shown += chunk
+    os.close(controller)
+    return process.wait(timeout=timeout), shown.decode(errors="replace")
 
 
 def xreg_command(*args: str) -> list[str]:

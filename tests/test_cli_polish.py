@@ -4,14 +4,11 @@ matches nothing in the catalogue, and a run line that says which epoch it kept."
 
 from __future__ import annotations
 
-import os
-import pty
 import re
-import subprocess
 
 import pytest
 
-from conftest import xreg_command
+from conftest import run_on_a_terminal, xreg_command
 
 QUICK = ["--epochs", "1", "--max-users", "16", "--batch-size", "8", "--negatives", "3",
          "--valid-users", "10", "--mode", "dual", "--max-length", "64"]
@@ -34,24 +31,10 @@ def test_item_search_without_a_match_says_so(xreg, synthetic_domains):
 def _on_an_80_column_terminal(args: list[str], home) -> str:
     """``xreg ARGS`` with stdout on a pseudo-terminal 80 columns wide: what it showed,
     without the terminal's style codes."""
-    controller, terminal = pty.openpty()
-    process = subprocess.Popen(xreg_command(*args), stdin=subprocess.DEVNULL, stdout=terminal,
-                               stderr=subprocess.DEVNULL,
-                               env={**os.environ, "XREG_HOME": str(home), "HF_HUB_OFFLINE": "1",
-                                    "TERM": "xterm", "COLUMNS": "80", "LINES": "50"})
-    os.close(terminal)
-    shown = b""
-    while True:
-        try:
-            chunk = os.read(controller, 65536)
-        except OSError:  # the terminal's other side closed
-            break
-        if not chunk:
-            break
-        shown += chunk
-    os.close(controller)
-    assert process.wait(timeout=300) == 0
-    return re.sub(r"\x1b\[[0-9;]*m", "", shown.decode()).replace("\r", "")
+    code, shown = run_on_a_terminal(xreg_command(*args), {"XREG_HOME": str(home), "COLUMNS": "80",
+                                                         "LINES": "50"}, stream="stdout", timeout=300)
+    assert code == 0
+    return re.sub(r"\x1b\[[0-9;]*m", "", shown).replace("\r", "")
 
 
 def test_the_board_fits_80_columns_and_wide_shows_everything(xreg, synthetic_domains, xreg_home):

@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
-import pty
-import subprocess
 import sys
 
 import pytest
 
-from conftest import run_subprocess
+from conftest import run_on_a_terminal, run_subprocess
 from xcross_registry import progress
 
 WORK = """
@@ -33,24 +30,10 @@ print("DONE", file=sys.stderr)
 
 
 def _on_a_terminal(args: list[str], env: dict[str, str]) -> str:
-    """Run with stderr on a pseudo-terminal; what the terminal showed."""
-    controller, terminal = pty.openpty()
-    process = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                               stderr=terminal, env={**os.environ, "HF_HUB_OFFLINE": "1",
-                                                     "TERM": "xterm", "COLUMNS": "150", **env})
-    os.close(terminal)
-    shown = b""
-    while True:
-        try:
-            chunk = os.read(controller, 65536)
-        except OSError:  # the terminal's other side closed
-            break
-        if not chunk:
-            break
-        shown += chunk
-    os.close(controller)
-    assert process.wait(timeout=600) == 0, shown.decode(errors="replace")[-2000:]
-    return shown.decode(errors="replace")
+    """Run with stderr on a 150-column pseudo-terminal; what the terminal showed."""
+    code, shown = run_on_a_terminal(args, {"COLUMNS": "150", **env})
+    assert code == 0, shown[-2000:]
+    return shown
 
 
 @pytest.fixture
