@@ -121,9 +121,14 @@ def floor(name: str, requests: int) -> dict:
             "stages": {k: statistics.median(v) for k, v in stages.items()}}
 
 
-def start(tree: str, runtime: str, name: str) -> subprocess.Popen:
+def start(tree: str, runtime: str, name: str, home: str | None = None, plugins: str | None = None) -> subprocess.Popen:
+    """A worker of code tree ``tree``; ``home``: its ``XREG_HOME`` (default: this process's);
+    ``plugins``: a plugin folder searched before the tree's own."""
     tree_path = Path(tree).resolve()
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tree_path), str(tree_path / "plugins")])}
+    path = ([str(Path(plugins).resolve())] if plugins else []) + [str(tree_path), str(tree_path / "plugins")]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(path)}
+    if home:
+        env["XREG_HOME"] = str(Path(home).resolve())
     return subprocess.Popen([sys.executable, str(HERE), "--worker", str(tree_path), runtime, name],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env, cwd=str(tree_path))
 
@@ -145,6 +150,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("name", nargs="?", help="a dual composition or adapter in the registry at $XREG_HOME")
     parser.add_argument("--baseline", help="a source tree to compare with (its `torch` runtime is the first arm)")
+    parser.add_argument("--baseline-home", help="the baseline's XREG_HOME (default: $XREG_HOME): a copy of "
+                        "the registry at the schema the old code reads, when this checkout's is newer")
+    parser.add_argument("--plugins", help="a plugin folder that every arm (and this process) searches first: "
+                        "the same data plugin for both trees when it changed between them, so that the "
+                        "model's registered data fingerprint matches in both")
     parser.add_argument("--arms", default="torch,onnx", help="runtimes of this checkout, comma-separated")
     parser.add_argument("--requests", type=int, default=60, help=f"test-user histories (<= {MAX_REQUESTS})")
     parser.add_argument("--warmup", type=int, default=3)
@@ -158,9 +168,11 @@ def main() -> None:
     if not 1 <= args.requests <= MAX_REQUESTS:
         raise SystemExit(f"--requests must be 1..{MAX_REQUESTS}")
 
+    if args.plugins:
+        sys.path.insert(0, str(Path(args.plugins).resolve()))
     here = str(HERE.parents[1])
-    arms = ([(f"baseline {Path(args.baseline).name}:torch", args.baseline, "torch")] if args.baseline else []) \
-        + [(f"this:{runtime}", here, runtime) for runtime in args.arms.split(",")]
+    arms = ([(f"baseline {Path(args.baseline).name}:torch", args.baseline, "torch", args.baseline_home)]
+            if args.baseline else []) + [(f"this:{runtime}", here, runtime, None) for runtime in args.arms.split(",")]
     measured = floor(args.name, min(args.requests, 30))
 
     from xcross_registry.registry import Registry
@@ -171,7 +183,7 @@ def main() -> None:
     histories = [[data.items[i].title for i in user.history] for user in data.test if user.history]
     histories = histories[:args.warmup + args.requests]
 
-    workers = [start(tree, runtime, args.name) for _, tree, runtime in arms]
+    workers = [start(tree, runtime, args.name, home, args.plugins) for _, tree, runtime, home in arms]
     try:
         sources = [read(process)["source"] for process in workers]
         times: list[list[float]] = [[] for _ in arms]
@@ -203,7 +215,7 @@ def main() -> None:
     first, first_cpu = statistics.median(times[0]), statistics.median(cpus[0])
     print(f"{'arm':<28} {'p50 ms':>8} {'p95 ms':>8} {'speed-up':>8} {'x floor':>8} {'cpu p50':>8} "
           f"{'speed-up':>8} {'x floor':>8} {'same top10':>10} {'max |score diff|':>16}")
-    for (label, _, _), arm_times, arm_cpus, arm_answers, source in zip(arms, times, cpus, answers, sources):
+    for (label, _, _, _), arm_times, arm_cpus, arm_answers, source in zip(arms, times, cpus, answers, sources):
         ordered = sorted(arm_times)
         p50, p95 = statistics.median(ordered), ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))]
         cpu = statistics.median(arm_cpus)

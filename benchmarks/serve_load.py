@@ -144,9 +144,14 @@ def running_server(args, flags: list[str], tree: str | None = None) -> Iterator[
     command = [*XREG, "serve", "--port", str(port), "--preload", args.name,
                "--batch-wait-ms", str(args.batch_wait_ms), *flags]
     env = dict(os.environ)
+    plugins = [os.path.abspath(args.plugins)] if args.plugins else []
     if tree is not None:
         root = os.path.abspath(tree)
-        env["PYTHONPATH"] = os.pathsep.join([root, os.path.join(root, "plugins")])
+        env["PYTHONPATH"] = os.pathsep.join([*plugins, root, os.path.join(root, "plugins")])
+        if args.baseline_home:
+            env["XREG_HOME"] = os.path.abspath(args.baseline_home)
+    elif plugins:
+        env["PYTHONPATH"] = os.pathsep.join([*plugins, *filter(None, [env.get("PYTHONPATH")])])
     process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL, cwd=tree)
     try:
@@ -161,12 +166,15 @@ def running_server(args, flags: list[str], tree: str | None = None) -> Iterator[
             process.wait()
 
 
-def cli_seconds(name: str, history: list[str], repeats: int) -> float:
+def cli_seconds(name: str, history: list[str], repeats: int, plugins: str | None = None) -> float:
+    env = dict(os.environ)
+    if plugins:
+        env["PYTHONPATH"] = os.pathsep.join([os.path.abspath(plugins), *filter(None, [env.get("PYTHONPATH")])])
     times = []
     for _ in range(repeats):
         began = time.perf_counter()
         subprocess.run([*XREG, "recommend", name, "--history", "; ".join(history), "--top", "10",
-                        "--json"], env=os.environ, check=True, capture_output=True)
+                        "--json"], env=env, check=True, capture_output=True)
         times.append(time.perf_counter() - began)
     return statistics.median(times)
 
@@ -181,6 +189,10 @@ def main() -> None:
     parser.add_argument("--cli-repeats", type=int, default=3)
     parser.add_argument("--baseline", help="a source tree (e.g. `git archive COMMIT | tar -x -C TREE`) "
                         "whose batching server is compared with this checkout's")
+    parser.add_argument("--baseline-home", help="the baseline server's XREG_HOME (default: $XREG_HOME): a "
+                        "copy of the registry at the schema the old code reads, when this checkout's is newer")
+    parser.add_argument("--plugins", help="a plugin folder that every server (and this process) searches "
+                        "first: the same data plugin for both trees when it changed between them")
     parser.add_argument("--runtimes", default="", help="also serve with these runtimes of this "
                         "checkout (`xreg serve --runtime`), comma-separated, e.g. onnx")
     parser.add_argument("--ready-timeout", type=float, default=1800.0,
@@ -190,6 +202,8 @@ def main() -> None:
     if not all(1 <= n <= MAX_CLIENTS for n in args.clients) or not 0 < args.seconds <= MAX_SECONDS:
         raise SystemExit(f"clients must be 1..{MAX_CLIENTS} and seconds 0..{MAX_SECONDS:.0f}")
 
+    if args.plugins:
+        sys.path.insert(0, os.path.abspath(args.plugins))
     from xcross_registry.registry import Registry
     from xcross_registry.subjects import resolve_subject
 
@@ -216,7 +230,7 @@ def main() -> None:
         for clients in args.clients:
             for mode, server in started.items():
                 results[mode].append(run_clients(server, args.name, histories, clients, args.seconds))
-    cli = cli_seconds(args.name, histories[0], args.cli_repeats)
+    cli = cli_seconds(args.name, histories[0], args.cli_repeats, args.plugins)
 
     load = os.getloadavg()
     print(f"# {args.name}: {len(data.items)} items, whole-catalogue top 10, {len(histories)} test-user "
