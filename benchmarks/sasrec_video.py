@@ -40,7 +40,8 @@ def main() -> None:
     parser.add_argument("--valid-users", type=int, default=2000)
     parser.add_argument("--epochs", type=int, default=PAPER["epochs"])
     parser.add_argument("--score-checkpoint", action="store_true",
-                        help="do not train: evaluate the checkpoint on the test users (100 negatives)")
+                        help="do not train: evaluate the checkpoint on every test user, 100 negatives "
+                             "and the full catalogue; prints each metric as [mean, low, high] (95%% bootstrap)")
     args = parser.parse_args()
     registry = Registry()
     if args.score_checkpoint:
@@ -77,8 +78,10 @@ def score_checkpoint(registry: Registry, domain: str, folder: str) -> None:
         result = evaluate_scores(registry, domain, sasrec.sasrec_score_function(model),
                                  subject_kind="baseline", subject_name=f"sasrec-checkpoint:{domain}",
                                  protocol=protocol, negatives=negatives)
+        # the bootstrap interval too: the paper's figure is compared with an interval, not a mean
         json.dump({"protocol": result.protocol, "users": result.num_users,
-                   "metrics": {k: round(v["mean"], 4) for k, v in result.metrics.items()}}, sys.stdout)
+                   "metrics": {k: [round(v[part], 4) for part in ("mean", "low", "high")]
+                               for k, v in result.metrics.items()}}, sys.stdout)
         print(flush=True)
 
 
