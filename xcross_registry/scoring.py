@@ -56,7 +56,8 @@ def score_candidates(scorer: Scorer, data: DomainData, template: PromptTemplate,
     scores = np.concatenate(blocks) if blocks else np.zeros((0, matrix.shape[1]), dtype=np.float32)
     if scorer.item_prior is None:
         return scores
-    prior = scorer.item_prior.scores(data.items)[torch.from_numpy(matrix[:len(scores)])]
+    # A copy: stored candidate matrices are read-only views, which torch.from_numpy warns about.
+    prior = scorer.item_prior.scores(data.items)[torch.tensor(matrix[:len(scores)])]
     return (torch.from_numpy(scores) + prior).numpy()
 
 
