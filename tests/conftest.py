@@ -172,6 +172,9 @@ def tiny_plugin(tmp_path, monkeypatch, xreg_home) -> Path:
     import importlib
 
     importlib.invalidate_caches()
+    # A test before this one in the same process may have imported another version of
+    # the module (test_plugin_lifecycle's fixed plugin): import this one afresh.
+    monkeypatch.delitem(sys.modules, "xreg_tinyjson", raising=False)
     plugins.reset()
     data = tmp_path / "tiny.json"
     data.write_text(json.dumps({
