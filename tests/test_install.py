@@ -50,7 +50,7 @@ def test_non_editable_install_in_fresh_venv(tmp_path):
         assert result.returncode == 0, (args, result.stderr)
     plugins = json.loads(run_subprocess([xreg, "plugins", "--json"], env=env, cwd=workdir).stdout)
     assert {p["name"]: p["domain_types"] for p in plugins} == {
-        "amazon": ["amazon"], "synthetic": ["synthetic"]}
+        "amazon": ["amazon"], "synthetic": ["synthetic"], "user-item": ["user-item"]}
     where = run_subprocess([str(python), "-c", "import xcross_registry, xcross_registry.migrations as m; "
                             "print(xcross_registry.__file__); print(m.__file__)"], cwd=workdir)
     assert str(source) not in where.stdout and str(REPO) not in where.stdout, where.stdout
