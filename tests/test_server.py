@@ -245,6 +245,65 @@ def test_concurrent_requests_share_batches_and_keep_their_answers(server, librar
     assert requests == 16 and batches < requests
 
 
+def test_a_lone_client_is_not_held_back_for_companions(server, library):
+    """Requests one after another find the batcher idle: each is its own batch, scored at
+    once, and none waits --batch-wait-ms for companions that are not coming."""
+    model = library["kitchen-x"]
+
+    def stats() -> dict:
+        return {row["subject"]: row["batching"] for row in server.get("/v1/subjects")[1]}["kitchen-x"]
+
+    assert server.post("/v1/recommend", {"subject": "kitchen-x", "history": _titles(model, [1])})[0] == 200
+    before = stats()
+    for start in range(3):
+        status, answer = server.post("/v1/recommend", {"subject": "kitchen-x",
+                                                       "history": _titles(model, [start, start + 1])})
+        assert status == 200, answer
+    after = stats()
+    assert {key: after[key] - before[key] for key in after} == {"requests": 3, "batches": 3, "waits": 0}
+
+
+def test_subject_names_are_looked_up_again_once_the_name_cache_is_stale(served_registry, monkeypatch):
+    """A name's registry record is reused for --name-cache seconds (a request then costs no
+    database query), looked up on every request at 0, and an unknown name is never cached."""
+    import asyncio
+
+    from xcross_registry.errors import NotFoundError
+    from xcross_registry.registry import Registry
+    from xcross_registry.server import models
+
+    monkeypatch.setenv("XREG_HOME", str(served_registry))
+    plugins.reset()
+    lookups: list[str] = []
+
+    def counting_resolve(registry, name, **options):
+        lookups.append(name)
+        return resolved(registry, name, **options)
+
+    resolved = models.resolve_subject
+    monkeypatch.setattr(models, "resolve_subject", counting_resolve)
+
+    async def resolve_twice(cache, name):
+        first = await cache.resolve(name)
+        second = await cache.resolve(name)
+        return first, second
+
+    for name_cache_s, expected in ((3600.0, ["toys"]), (0.0, ["toys", "toys"])):
+        lookups.clear()
+        cache = models.ModelCache(Registry(), 1, models.BatchingConfig(), name_cache_s=name_cache_s)
+        try:
+            first, second = asyncio.run(resolve_twice(cache, "toys"))
+            assert first.name == second.name == "toys@v1" and lookups == expected
+            lookups.clear()
+            for _ in range(2):
+                with pytest.raises(NotFoundError, match="unknown subject 'no-such-model'"):
+                    asyncio.run(cache.resolve("no-such-model"))
+            assert lookups == ["no-such-model", "no-such-model"]
+        finally:
+            cache.shutdown()
+    plugins.reset()
+
+
 @pytest.mark.parametrize("mode_subject", ["kitchen-x", "kitchen@v1"])
 def test_batched_scoring_equals_one_query_at_a_time(library, mode_subject):
     """The library path the micro-batcher uses: a query's answer does not depend on its batch."""

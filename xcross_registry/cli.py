@@ -771,6 +771,10 @@ def serve(
     load_wait: float = typer.Option(10.0, "--load-wait", min=0, max=600, metavar="SECONDS",
                                     help="How long a request waits for its model to load before "
                                     "it is answered 503 with Retry-After (the load goes on)."),
+    name_cache: float = typer.Option(1.0, "--name-cache", min=0, max=3600, metavar="SECONDS",
+                                     help="How long a subject name's registry record is reused before it "
+                                     "is looked up again (a new version or a removal is seen within this "
+                                     "time; 0: look up on every request)."),
     token_file: Optional[str] = typer.Option(None, "--token-file", help="File whose first line is "
                                              "a token that /v1 requests must send as 'Authorization: "
                                              "Bearer TOKEN' (default: $XREG_SERVE_TOKEN; none: open)."),
@@ -798,7 +802,7 @@ def serve(
     batching = (BatchingConfig(max_batch=1, wait_s=0.0) if no_batching
                 else BatchingConfig(max_batch=max_batch, wait_s=batch_wait_ms / 1000))
     run_server(ServerConfig(host=host, port=port, max_models=max_models, batching=batching,
-                            load_wait_s=load_wait,
+                            load_wait_s=load_wait, name_cache_s=name_cache,
                             preload=[n.strip() for n in (preload or "").split(",") if n.strip()],
                             token=read_token(token_file), allowed_hosts=list(allowed_host),
                             header_timeout_s=header_timeout, body_timeout_s=body_timeout,

@@ -111,6 +111,8 @@ class LoadingState(BaseModel):
 class Batching(BaseModel):
     requests: int = Field(description="Requests scored since the model was loaded.")
     batches: int = Field(description="Forward-pass batches they were scored in.")
+    waits: int = Field(description="Batches that waited --batch-wait-ms for companions (only "
+                       "while others were queued).")
 
 
 class SubjectInfo(BaseModel):

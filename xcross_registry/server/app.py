@@ -28,7 +28,7 @@ from ..errors import NotFoundError, ValidationError, XregError
 from ..registry import Registry
 from ..runtimes import runtime
 from . import api, pages
-from .models import LOAD_WAIT_S, BatchingConfig, ModelCache, SubjectUnavailable
+from .models import LOAD_WAIT_S, NAME_CACHE_S, BatchingConfig, ModelCache, SubjectUnavailable
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 
@@ -50,6 +50,7 @@ class ServerConfig:
     max_models: int = 4
     batching: BatchingConfig = field(default_factory=BatchingConfig)
     load_wait_s: float = LOAD_WAIT_S  # a request waits this long for a load, then gets 503
+    name_cache_s: float = NAME_CACHE_S  # a name's registry record is reused this long
     # Clients: a bearer token required on /v1 (None: none), Host names answered beside
     # the loopback ones ("*": any), and how long a client may take to send a request's
     # head (request line and headers) and its body before it is answered 408.
@@ -68,6 +69,8 @@ class ServerConfig:
             raise ValidationError("the serve token must be non-empty and without spaces")
         if not 0 <= self.load_wait_s <= 600:
             raise ValidationError(f"--load-wait must be between 0 and 600 seconds, not {self.load_wait_s}")
+        if not 0 <= self.name_cache_s <= 3600:
+            raise ValidationError(f"--name-cache must be between 0 and 3600 seconds, not {self.name_cache_s}")
         if self.max_models < 1:
             raise ValidationError(f"--max-models must be at least 1, not {self.max_models}")
         if len(self.preload) > self.max_models:
@@ -323,7 +326,7 @@ def _where(location: tuple) -> str:
 def create_app(config: ServerConfig, registry: Registry | None = None) -> FastAPI:
     """The FastAPI application for ``config`` over ``registry`` (default: $XREG_HOME's)."""
     cache = ModelCache(registry or Registry(), config.max_models, config.batching, config.runtime, config.ann,
-                       load_wait_s=config.load_wait_s, log=_log)
+                       load_wait_s=config.load_wait_s, name_cache_s=config.name_cache_s, log=_log)
     preload_state: dict[str, Any] = {"done": not config.preload}
 
     async def preload() -> None:

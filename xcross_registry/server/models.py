@@ -35,6 +35,8 @@ FAILED_LOAD_RETRY_S = 30.0
 # 503 "still loading" (the load goes on).
 LOAD_WAIT_S = 10.0
 PROGRESS_LOG_EVERY_S = 5.0
+# A name's registry record is reused this long before it is looked up again.
+NAME_CACHE_S = 1.0
 
 
 class SubjectUnavailable(Exception):
@@ -87,7 +89,9 @@ class SubjectLoading(SubjectUnavailable):
 @dataclass
 class BatchingConfig:
     """How requests are grouped: up to ``max_batch`` that arrive within ``wait_s`` of the
-    first one are scored together.  ``max_batch=1`` scores each request alone."""
+    first one are scored together.  ``max_batch=1`` scores each request alone.  The wait
+    applies only while the model is busy (queries were queued when its last batch ended):
+    a lone client is never held back for companions that will not come."""
 
     max_batch: int = 32
     wait_s: float = 0.005
@@ -97,8 +101,10 @@ class MicroBatcher:
     """Collects the queries for one loaded model and scores them in batches.
 
     While a batch is being scored, new queries queue up; the next batch takes them all
-    (up to ``max_batch``), so under load batches grow by themselves and the wait bound
-    only matters when the service is nearly idle."""
+    (up to ``max_batch``), so under load batches grow by themselves.  A query that finds
+    the batcher idle is scored at once: waiting ``wait_s`` for companions only pays when
+    others are already queued, and on an idle service it is pure latency (``waits``
+    counts the batches that did wait)."""
 
     def __init__(self, model: LoadedSubject, compute: ThreadPoolExecutor, config: BatchingConfig) -> None:
         self.model = model
@@ -110,6 +116,7 @@ class MicroBatcher:
         self._closed = False
         self.batches = 0
         self.queries = 0
+        self.waits = 0
 
     async def submit(self, query: Query) -> list[Recommendation]:
         future = asyncio.get_running_loop().create_future()
@@ -127,6 +134,7 @@ class MicroBatcher:
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
+        busy = False  # were queries queued when the last batch was answered?
         while True:
             if not self._pending:
                 if self._closed:
@@ -135,8 +143,9 @@ class MicroBatcher:
                 await self._wakeup.wait()
                 if not self._pending:
                     continue
-            if len(self._pending) < self._config.max_batch and self._config.wait_s > 0:
-                await asyncio.sleep(self._config.wait_s)  # let requests arriving together join
+            if busy and len(self._pending) < self._config.max_batch and self._config.wait_s > 0:
+                self.waits += 1
+                await asyncio.sleep(self._config.wait_s)  # let the queued ones' companions join
             batch = self._pending[:self._config.max_batch]
             del self._pending[:len(batch)]
             answers = await loop.run_in_executor(self._compute, self._score, [q for q, _ in batch])
@@ -149,6 +158,7 @@ class MicroBatcher:
                     future.set_exception(answer)
                 else:
                     future.set_result(answer)
+            busy = bool(self._pending)
 
     def _score(self, queries: Sequence[Query]) -> list:
         """The batch's answers; when it fails, each query alone, so that one query's
@@ -181,11 +191,14 @@ class ModelCache:
 
     ``log`` receives a line when a load starts, as it encodes (every few seconds) and
     when it ends: the server log of ``xreg serve``.  ``runtime`` encodes request
-    histories and ``ann`` decides which catalogues get an approximate index."""
+    histories and ``ann`` decides which catalogues get an approximate index.  A name's
+    registry record is looked up again once it is ``name_cache_s`` old (0: on every
+    request): the lookup is a few database queries, several milliseconds of a request
+    that scores in tens, and a new version or a removal is then seen within that time."""
 
     def __init__(self, registry: Registry, max_models: int, batching: BatchingConfig,
                  runtime: str = "torch", ann: AnnConfig | None = None,
-                 load_wait_s: float = LOAD_WAIT_S,
+                 load_wait_s: float = LOAD_WAIT_S, name_cache_s: float = NAME_CACHE_S,
                  log: Callable[[str], None] | None = None) -> None:
         self.registry = registry
         self.max_models = max_models
@@ -193,6 +206,8 @@ class ModelCache:
         self.runtime = runtime
         self.ann = ann or AnnConfig()
         self.load_wait_s = load_wait_s
+        self.name_cache_s = name_cache_s
+        self._names: dict[str, tuple[float, Subject]] = {}
         self._log = log or (lambda line: None)
         self._loaded: OrderedDict[str, Served] = OrderedDict()
         self._loads: dict[str, asyncio.Task] = {}
@@ -205,8 +220,10 @@ class ModelCache:
         return list(self._loaded)
 
     def batching_stats(self) -> dict[str, dict[str, int]]:
-        """Per loaded subject: requests scored and the batches they were scored in."""
-        return {name: {"requests": served.batcher.queries, "batches": served.batcher.batches}
+        """Per loaded subject: requests scored, the batches they were scored in, and how
+        many of those batches waited for companions."""
+        return {name: {"requests": served.batcher.queries, "batches": served.batcher.batches,
+                       "waits": served.batcher.waits}
                 for name, served in self._loaded.items()}
 
     def failures(self) -> dict[str, str]:
@@ -225,12 +242,19 @@ class ModelCache:
         return None
 
     async def resolve(self, name: str) -> Subject:
-        """The registry's record of ``name`` (NotFoundError/ValidationError for a bad name)."""
+        """The registry's record of ``name`` (NotFoundError/ValidationError for a bad name),
+        from the name cache while it is younger than ``name_cache_s``; a bad name is never
+        cached, so one registered a moment later is found at once."""
+        cached = self._names.get(name)
+        if cached is not None and time.monotonic() - cached[0] < self.name_cache_s:
+            return cached[1]
         try:
-            return await asyncio.get_running_loop().run_in_executor(
+            subject = await asyncio.get_running_loop().run_in_executor(
                 None, lambda: resolve_subject(self.registry, name))
         except NotFoundError as exc:
             raise NotFoundError(f"unknown subject {name!r}: {exc}") from None
+        self._names[name] = (time.monotonic(), subject)
+        return subject
 
     async def get(self, name: str, wait_s: float | None = None, patient: bool = False) -> Served:
         """The served model of subject ``name``, loading it if needed; a load that takes
