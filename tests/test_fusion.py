@@ -6,10 +6,12 @@ import numpy as np
 import pytest
 
 from conftest import QUICK_STEPS
+from xcross_registry import serving
 from xcross_registry.composer import load_composition
 from xcross_registry.fusion import Fusion, fit, standardised
 from xcross_registry.registry import Registry
 from xcross_registry.scoring import score_candidates
+from xcross_registry.serving import load_model
 from xcross_registry.subjects import load_subject
 from xcross_registry.training import allowed_validation_users
 
@@ -128,9 +130,48 @@ def test_bad_fusions_are_one_line_and_register_nothing(xreg, fusable):
         result = xreg(*args)
         assert result.exit_code == 1 and result.stderr.startswith(message), (args, result.stderr)
     assert xreg("fuse", "tools-x", "--with", "sasrec:tools").exit_code == 0
-    served = xreg("recommend", "tools-x-sasrec", "--history", "a;b")
-    assert served.stderr == ("error: tools-x-sasrec is fused with sasrec:tools@v1: fused models are evaluated "
-                             "on the leaderboard; recommend with the unfused model\n")
     again = xreg("fuse", "tools-x-sasrec", "--with", "sasrec:tools")
     assert again.stderr == "error: tools-x-sasrec is already fused with sasrec:tools@v1\n"
     assert len(Registry().compositions()) == before + 1
+
+
+def test_a_fused_model_serves_what_it_is_evaluated_with(xreg, fusable):
+    """recommend and serve fuse the request's history as evaluation fuses a user's: the
+    same scores for the same candidates, the whole catalogue ranked by the fused scores,
+    and history entries that match no item (free text) left to the text model."""
+    assert xreg("compose", "--sources", "toys,sports", "--target", "tools", *QUICK, "--fraction", "0.5",
+                "--with", "sasrec:tools@v1", "--no-evaluate").exit_code == 0
+    model = load_model(Registry(), "tools-x")
+    assert model.fusion is not None and model.fusion.fusion.weight != 0
+    data = model.data
+    user = next(u for u, seq in enumerate(data.test) if len(seq.history) >= 2)
+    seq = data.test[user]
+    history = [data.items[i].id for i in seq.history]
+    pool = [seq.target, *[(seq.target + k) % len(data.items) for k in range(1, 6)]]
+    served = {r.item_id: r.score for r in serving.recommend(
+        model, history, candidates=[data.items[i].id for i in pool], top=len(pool))}
+    expected = model.score(data, "test", [user], np.array([pool]))[0]
+    assert np.allclose([served[data.items[i].id] for i in pool], expected, atol=1e-4)
+
+    every = model.score(data, "test", [user], np.arange(len(data.items))[None])[0]
+    every[list(seq.history)] = -np.inf  # a request's history is not recommended back
+    ranked = serving.recommend(model, history, top=5)
+    assert np.allclose([r.score for r in ranked], np.sort(every)[::-1][:5], atol=1e-4)
+    assert np.allclose([every[model.positions()[r.item_id]] for r in ranked], [r.score for r in ranked], atol=1e-4)
+
+    # A free-text entry gives the ID model nothing: the ID scores are those of the matched
+    # entries, fused with the text model's scores of the whole history.
+    free = [*history, "a title no catalogue holds"]
+    fused = {r.item_id: r.score for r in serving.recommend(
+        model, free, candidates=[data.items[i].id for i in pool], top=len(pool))}
+    text_model = load_model(Registry(), "tools-x")
+    fusion, text_model.fusion = text_model.fusion, None
+    text = {r.item_id: r.score for r in serving.recommend(
+        text_model, free, candidates=[data.items[i].id for i in pool], top=len(pool))}
+    expected = fusion.combine(np.array([[text[data.items[i].id] for i in pool]]), [seq.history], np.array([pool]))
+    assert np.allclose([fused[data.items[i].id] for i in pool], expected[0], atol=1e-6)
+    assert not np.allclose(expected[0], [text[data.items[i].id] for i in pool])
+
+    answer = xreg("recommend", "tools-x", "--history", ";".join(history), "--top", "3", "--json")
+    assert answer.exit_code == 0, answer.stderr
+    assert [row["item_id"] for row in answer.json()] == [r.item_id for r in ranked[:3]]

@@ -42,6 +42,9 @@ if TYPE_CHECKING:  # pragma: no cover
 # score(data, split, user_indices, candidate_matrix [U, C], progress=None) -> scores [U, C];
 # progress(done, total), when given, follows the work (see xcross_registry.progress).
 ScoreFunction = Callable[..., "np.ndarray"]
+# score(histories as lists of catalogue indices, candidate_matrix [U, C]) -> scores [U, C]:
+# a request's history rather than a split's user (serving a model fused with the baseline).
+HistoryScoreFunction = Callable[..., "np.ndarray"]
 
 
 @dataclass(frozen=True)
@@ -71,6 +74,14 @@ class Baseline:
     def score_function(self, registry: "Registry", domain: str, artifact: str | None = None) -> ScoreFunction:
         """How to score ``domain``; ``artifact`` is a trained baseline's stored folder."""
         raise NotImplementedError
+
+    def history_score_function(self, registry: "Registry", data: "DomainData",
+                               artifact: str | None = None) -> HistoryScoreFunction:
+        """How to score histories given at request time over ``data``'s catalogue: what a
+        text model fused with this baseline needs to be served.  Baselines that only
+        score a split's users refuse."""
+        raise ValidationError(f"the {self.name} baseline scores a split's users only, not a history "
+                              "given at request time, so a model fused with it cannot be served")
 
     def config_class(self) -> type:
         """The dataclass of its training settings (with ``from_dict`` and ``to_dict``)."""
@@ -138,12 +149,23 @@ class SASRec(Baseline):
                            trainable_parameters=sum(p.numel() for p in model.parameters()))
 
     def score_function(self, registry: "Registry", domain: str, artifact: str | None = None) -> ScoreFunction:
-        from .sasrec import load_sasrec, sasrec_score_function
+        from .sasrec import sasrec_score_function
+
+        return sasrec_score_function(self._load(registry, artifact))
+
+    def history_score_function(self, registry: "Registry", data: "DomainData",
+                               artifact: str | None = None) -> HistoryScoreFunction:
+        from .sasrec import sasrec_history_scorer
+
+        return sasrec_history_scorer(self._load(registry, artifact), data)
+
+    def _load(self, registry: "Registry", artifact: str | None):
+        from .sasrec import load_sasrec
 
         with registry.store.staging_folder("load") as folder:
             write_folder(registry, artifact, folder, self.manifest)
             model, _ = load_sasrec(folder)
-        return sasrec_score_function(model)
+        return model
 
 
 class Neighbourhood(Baseline):

@@ -16,8 +16,9 @@ allowed share of the validation users (:func:`~xcross_registry.training.allowed_
 never a test user.
 
 The fusion is stored with the model (``fusion`` in its settings: the ID model's name and
-digest, the two numbers, what validation measured), so evaluation, ``recommend`` and a
-reload score alike; the fused model is its own row on the board (method ``xcross+sasrec``).
+digest, the two numbers, what validation measured), so evaluation, ``recommend``, ``serve``
+and a reload score alike (serving gives the ID model the request's history entries that
+match catalogue items); the fused model is its own row on the board (method ``xcross+sasrec``).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from .errors import ModelError, ValidationError
 from .metrics import per_user_metrics, sampled_ranks
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .baselines import ScoreFunction
+    from .baselines import HistoryScoreFunction, ScoreFunction
     from .data import DomainData
     from .registry import Registry
     from .runs import FinishedRun
@@ -168,22 +169,48 @@ def fit_for_run(registry: "Registry", run: "FinishedRun", with_model: str, domai
                       valid_users=config.valid_users, negatives=config.valid_negatives)
 
 
-def fused_score_function(registry: "Registry", text_score: "ScoreFunction",
-                         stored: dict[str, Any]) -> Callable[..., np.ndarray]:
-    """The score function of a stored fusion: the text model's and the ID model's scores
-    of the same candidates, combined; the ID model must still be the one fitted with."""
-    from .baselines import stored_baseline
+@dataclass(frozen=True)
+class LoadedFusion:
+    """A stored fusion with its ID model loaded over the text model's catalogue, so that
+    evaluation (a split's users) and serving (a request's history) fuse alike."""
+
+    fusion: Fusion
+    id_scores: "HistoryScoreFunction"
+
+    def combine(self, text: np.ndarray, histories: Sequence[Sequence[int]], matrix: np.ndarray) -> np.ndarray:
+        """Fused scores ``[U, C]`` from the text model's scores of the candidate matrix
+        (catalogue indices; -1 for a candidate outside the catalogue, which the ID model
+        has never seen) and the histories (catalogue indices) they were scored for."""
+        matrix = np.asarray(matrix, dtype=np.int64)
+        known = matrix >= 0
+        ids = np.asarray(self.id_scores(histories, np.where(known, matrix, 0)), dtype=np.float64)
+        return self.fusion.combine(text, np.where(known, ids, UNSCORED))
+
+
+# The ID score given to a candidate outside the catalogue (below UNSCORED_BELOW).
+UNSCORED = -1.0e9
+
+
+def load_fusion(registry: "Registry", stored: dict[str, Any], data: "DomainData") -> LoadedFusion:
+    """The stored fusion ``stored`` with its ID model loaded over ``data``'s catalogue;
+    the ID model must still be the one fitted with."""
+    from .baselines import BASELINES, stored_baseline
 
     fusion = Fusion.from_dict(stored)
     row = stored_baseline(registry, fusion.with_model)
     if row is None or row.artifact_digest != fusion.digest:
         raise ModelError(f"the fusion was fitted with {fusion.with_model} of digest {fusion.digest[:12]}, "
                          f"the registry now has {row.artifact_digest[:12] if row else 'no such model'}")
-    ids_score = id_score_function(registry, fusion.with_model)
+    return LoadedFusion(fusion, BASELINES[row.kind]().history_score_function(registry, data, row.artifact_digest))
+
+
+def fused_score_function(text_score: "ScoreFunction", fused: LoadedFusion) -> Callable[..., np.ndarray]:
+    """The score function of a fused model: the text model's scores of a split's users'
+    candidates, fused with the ID model's scores of the same users' histories."""
 
     def score(data: "DomainData", split: str, users: Sequence[int], matrix, progress=None) -> np.ndarray:
         text = np.asarray(text_score(data, split, users, matrix, progress=progress), dtype=np.float64)
-        return fusion.combine(text, ids_score(data, split, users, matrix))
+        sequences = data.split(split)
+        return fused.combine(text, [sequences[int(u)].history for u in users], matrix)
 
     return score
-

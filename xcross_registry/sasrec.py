@@ -426,6 +426,12 @@ def load_sasrec(folder: str | Path) -> tuple[SASRecModel, SASRecConfig]:
     return model, config
 
 
+def _check_catalogue(model: SASRecModel, data: DomainData) -> None:
+    if len(data.items) != model.num_items or catalogue_digest(data) != model.catalogue:
+        raise ModelError(f"this SASRec model was trained on another catalogue "
+                         f"({model.num_items} items) than the scored data's ({len(data.items)} items)")
+
+
 def sasrec_score_function(model: SASRecModel) -> Callable[..., np.ndarray]:
     """``score(data, split, users, matrix [U, C], progress=None) -> scores [U, C]``, the
     function evaluation calls: each user's history in ``data.split(split)`` against the
@@ -435,10 +441,21 @@ def sasrec_score_function(model: SASRecModel) -> Callable[..., np.ndarray]:
 
     def score(data: DomainData, split: str, users: Sequence[int], matrix: np.ndarray,
               progress: Callable[[int, int], None] | None = None) -> np.ndarray:
-        if len(data.items) != model.num_items or catalogue_digest(data) != model.catalogue:
-            raise ModelError(f"this SASRec model was trained on another catalogue "
-                             f"({model.num_items} items) than the scored data's ({len(data.items)} items)")
+        _check_catalogue(model, data)
         sequences = data.split(split)
         return _score_histories(model, [sequences[int(u)].history for u in users], np.asarray(matrix), progress)
+
+    return score
+
+
+def sasrec_history_scorer(model: SASRecModel, data: DomainData) -> Callable[..., np.ndarray]:
+    """``score(histories, matrix [U, C]) -> scores [U, C]`` for histories given as lists of
+    ``data``'s catalogue indices (a request's, not a split's users), scored exactly as
+    :func:`sasrec_score_function` scores a user with that history.  The catalogue is
+    checked once, here."""
+    _check_catalogue(model, data)
+
+    def score(histories: Sequence[Sequence[int]], matrix: np.ndarray) -> np.ndarray:
+        return _score_histories(model, histories, np.asarray(matrix))
 
     return score

@@ -182,7 +182,9 @@ def recommend_many(model: LoadedSubject, queries: Sequence[Query], *, reranker: 
     it gets alone, whatever else is in its batch.
 
     A catalogue with an approximate index (:func:`catalogue`) is searched through it
-    unless ``exact``; the items found carry their exact scores."""
+    unless ``exact``; the items found carry their exact scores.  A model fused with an ID
+    model (:mod:`xcross_registry.fusion`) scores exactly: the index holds text scores only,
+    and the ID model's would reorder past its depth."""
     for query in queries:
         if query.top < 1:
             raise ValidationError(f"--top must be at least 1, not {query.top}")
@@ -200,6 +202,10 @@ def recommend_many(model: LoadedSubject, queries: Sequence[Query], *, reranker: 
         if not pools[i]:
             raise ValidationError("the candidate list is empty")
     for i, values in zip(listed, _score_many(model, [(pasts[i], pools[i]) for i in listed])):
+        if model.fusion is not None:
+            positions = model.positions()
+            values = _fused(model, [values], [pasts[i]], np.array([[positions.get(item.id, -1)
+                                                                     for item in pools[i]]]))[0].tolist()
         scores[i] = values
     ranked = [i for i, query in enumerate(queries) if query.candidates is None]
     if ranked:
@@ -209,7 +215,7 @@ def recommend_many(model: LoadedSubject, queries: Sequence[Query], *, reranker: 
         positions = model.positions()
         with torch.inference_mode():
             encoded = encode_histories(model, [pasts[i] for i in ranked])
-            if found.index is not None and not exact:
+            if found.index is not None and not exact and model.fusion is None:
                 for query, i in zip(encoded.split(1), ranked):
                     pools[i], scores[i] = _search(model, found, query, pasts[i], queries[i],
                                                   rerank_depth if reranker else queries[i].top)
@@ -223,6 +229,9 @@ def recommend_many(model: LoadedSubject, queries: Sequence[Query], *, reranker: 
         all_scores = all_scores.float().cpu().clone()  # a normal tensor: rows are masked in place
         if found.prior is not None:
             all_scores += found.prior
+        if model.fusion is not None:
+            every = np.broadcast_to(np.arange(len(model.data.items)), tuple(all_scores.shape))
+            all_scores = torch.from_numpy(_fused(model, all_scores.numpy(), [pasts[i] for i in ranked], every))
         for row, i in zip(all_scores, ranked):
             if queries[i].exclude_history is not False:
                 seen = [positions[item.id] for item in pasts[i] if item.id in positions]
@@ -239,6 +248,15 @@ def recommend_many(model: LoadedSubject, queries: Sequence[Query], *, reranker: 
         answers.append([Recommendation(rank=r + 1, item_id=pool[k].id, title=pool[k].title,
                                        score=float(values[k])) for r, k in enumerate(order)])
     return answers
+
+
+def _fused(model: LoadedSubject, text, pasts: Sequence[list[Item]], matrix: np.ndarray) -> np.ndarray:
+    """A fused model's scores ``[Q, C]`` of each query's candidates (catalogue indices,
+    -1 outside the catalogue): the text scores fused with the ID model's, whose history
+    is the query's entries that matched catalogue items."""
+    positions = model.positions()
+    histories = [[positions[item.id] for item in past if item.id in positions] for past in pasts]
+    return model.fusion.combine(np.asarray(text, dtype=np.float64), histories, matrix)
 
 
 def _search(model: LoadedSubject, found: Catalogue, encoded: torch.Tensor, past: list[Item],

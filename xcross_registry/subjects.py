@@ -33,6 +33,7 @@ from .scoring_modes import require_catalogue_ranker
 
 if TYPE_CHECKING:  # pragma: no cover
     from .data import DomainData, Item
+    from .fusion import LoadedFusion
     from .schema import AdapterVersion, BaselineModel, Composition
     from .scorer import Scorer
     from .templates import PromptTemplate
@@ -120,10 +121,6 @@ class Subject:
         if self.kind == "baseline":
             raise ValidationError(f"{self.name} is a {self.method} baseline: it is evaluated on the "
                                   "leaderboard, but recommending needs an adapter or a composition")
-        if self.record is not None and self.record.fusion:
-            # The ID model scores users of a split, not a free history of titles (yet).
-            raise ValidationError(f"{self.name} is fused with {self.record.fusion['with']}: fused models are "
-                                  "evaluated on the leaderboard; recommend with the unfused model")
         self.check_scores()
 
     def require_catalogue_ranker(self, need: str, hint: str = "") -> None:
@@ -221,6 +218,7 @@ class LoadedSubject:
     scorer: "Scorer | None" = None
     template: "PromptTemplate | None" = None
     requested_template: str | None = None
+    fusion: "LoadedFusion | None" = None  # a model fused with an ID model (xcross_registry.fusion)
     # What serving derives from the model once (its catalogue's embeddings, prior and
     # index: see serving.catalogue), kept with the loaded model it belongs to.
     derived: dict[str, Any] = field(default_factory=dict, init=False, repr=False)
@@ -322,12 +320,14 @@ def load_subject(registry: Registry, name: str | Subject, *, domain: str | None 
         return score_candidates(scorer, data, prompt, split, matrix, users, batch_size=batch_size,
                                 progress=progress)
 
+    fusion = None
     if subject.record is not None and subject.record.fusion and not subject.zero_shot:
-        from .fusion import fused_score_function
+        from .fusion import fused_score_function, load_fusion
 
-        score = fused_score_function(registry, score, subject.record.fusion)
+        fusion = load_fusion(registry, subject.record.fusion, data)
+        score = fused_score_function(score, fusion)
     return LoadedSubject(subject, asked_as, data, score, scorer=scorer, template=prompt,
-                         requested_template=template)
+                         requested_template=template, fusion=fusion)
 
 
 @dataclass(frozen=True)
