@@ -130,9 +130,17 @@ def test_bad_fusions_are_one_line_and_register_nothing(xreg, fusable):
         result = xreg(*args)
         assert result.exit_code == 1 and result.stderr.startswith(message), (args, result.stderr)
     assert xreg("fuse", "tools-x", "--with", "sasrec:tools").exit_code == 0
+    # An ID model that scores a split's users only is evaluated fused, but not served.
+    assert xreg("train-baseline", "item-knn", "tools").exit_code == 0
+    assert xreg("fuse", "tools-x", "--with", "item-knn:tools", "--name", "tools-x-knn").exit_code == 0
+    assert xreg("evaluate", "tools-x-knn", "--max-users", "5").exit_code == 0
+    served = xreg("recommend", "tools-x-knn", "--history", "a;b")
+    assert served.exit_code == 1 and served.stderr == (
+        "error: tools-x-knn is fused with item-knn:tools@v1, which scores a split's users only, not a history "
+        "given at request time: recommend with the unfused model\n")
     again = xreg("fuse", "tools-x-sasrec", "--with", "sasrec:tools")
     assert again.stderr == "error: tools-x-sasrec is already fused with sasrec:tools@v1\n"
-    assert len(Registry().compositions()) == before + 1
+    assert len(Registry().compositions()) == before + 2
 
 
 def test_a_fused_model_serves_what_it_is_evaluated_with(xreg, fusable):

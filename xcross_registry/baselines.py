@@ -76,12 +76,11 @@ class Baseline:
         raise NotImplementedError
 
     def history_score_function(self, registry: "Registry", data: "DomainData",
-                               artifact: str | None = None) -> HistoryScoreFunction:
-        """How to score histories given at request time over ``data``'s catalogue: what a
-        text model fused with this baseline needs to be served.  Baselines that only
-        score a split's users refuse."""
-        raise ValidationError(f"the {self.name} baseline scores a split's users only, not a history "
-                              "given at request time, so a model fused with it cannot be served")
+                               artifact: str | None = None) -> HistoryScoreFunction | None:
+        """How to score histories given at request time over ``data``'s catalogue, what a
+        text model fused with this baseline needs to be served; ``None`` for a baseline
+        that scores a split's users only."""
+        return None
 
     def config_class(self) -> type:
         """The dataclass of its training settings (with ``from_dict`` and ``to_dict``)."""

@@ -171,19 +171,33 @@ def fit_for_run(registry: "Registry", run: "FinishedRun", with_model: str, domai
 
 @dataclass(frozen=True)
 class LoadedFusion:
-    """A stored fusion with its ID model loaded over the text model's catalogue, so that
-    evaluation (a split's users) and serving (a request's history) fuse alike."""
+    """A stored fusion with its ID model loaded over the text model's catalogue.  An ID
+    model that scores histories (SASRec) is loaded once, for evaluation and serving
+    alike; one that scores a split's users only is evaluated through ``split_scores``
+    and cannot be served (``history_scores`` is None)."""
 
     fusion: Fusion
-    id_scores: "HistoryScoreFunction"
+    history_scores: "HistoryScoreFunction | None"
+    split_scores: "ScoreFunction | None" = None
+
+    def ids_of_users(self, data: "DomainData", split: str, users: Sequence[int], matrix) -> np.ndarray:
+        """The ID model's scores of a split's users' candidate rows."""
+        if self.history_scores is None:
+            return np.asarray(self.split_scores(data, split, users, matrix), dtype=np.float64)
+        sequences = data.split(split)
+        return np.asarray(self.history_scores([sequences[int(u)].history for u in users], np.asarray(matrix)),
+                          dtype=np.float64)
 
     def combine(self, text: np.ndarray, histories: Sequence[Sequence[int]], matrix: np.ndarray) -> np.ndarray:
-        """Fused scores ``[U, C]`` from the text model's scores of the candidate matrix
-        (catalogue indices; -1 for a candidate outside the catalogue, which the ID model
-        has never seen) and the histories (catalogue indices) they were scored for."""
+        """Fused scores ``[Q, C]`` from the text model's scores of a request's candidates
+        (catalogue indices; -1 for one outside the catalogue, which the ID model never
+        saw) and the histories (catalogue indices) they were scored for."""
+        if self.history_scores is None:
+            raise ValidationError(f"{self.fusion.with_model} scores a split's users only, not a history "
+                                  "given at request time: recommend with the unfused model")
         matrix = np.asarray(matrix, dtype=np.int64)
         known = matrix >= 0
-        ids = np.asarray(self.id_scores(histories, np.where(known, matrix, 0)), dtype=np.float64)
+        ids = np.asarray(self.history_scores(histories, np.where(known, matrix, 0)), dtype=np.float64)
         return self.fusion.combine(text, np.where(known, ids, UNSCORED))
 
 
@@ -201,16 +215,19 @@ def load_fusion(registry: "Registry", stored: dict[str, Any], data: "DomainData"
     if row is None or row.artifact_digest != fusion.digest:
         raise ModelError(f"the fusion was fitted with {fusion.with_model} of digest {fusion.digest[:12]}, "
                          f"the registry now has {row.artifact_digest[:12] if row else 'no such model'}")
-    return LoadedFusion(fusion, BASELINES[row.kind]().history_score_function(registry, data, row.artifact_digest))
+    baseline = BASELINES[row.kind]()
+    history = baseline.history_score_function(registry, data, row.artifact_digest)
+    if history is not None:
+        return LoadedFusion(fusion, history)
+    return LoadedFusion(fusion, None, baseline.score_function(registry, row.domain.name, row.artifact_digest))
 
 
 def fused_score_function(text_score: "ScoreFunction", fused: LoadedFusion) -> Callable[..., np.ndarray]:
     """The score function of a fused model: the text model's scores of a split's users'
-    candidates, fused with the ID model's scores of the same users' histories."""
+    candidates, fused with the ID model's scores of the same candidates."""
 
     def score(data: "DomainData", split: str, users: Sequence[int], matrix, progress=None) -> np.ndarray:
         text = np.asarray(text_score(data, split, users, matrix, progress=progress), dtype=np.float64)
-        sequences = data.split(split)
-        return fused.combine(text, [sequences[int(u)].history for u in users], matrix)
+        return fused.fusion.combine(text, fused.ids_of_users(data, split, users, matrix))
 
     return score

@@ -48,10 +48,16 @@ def load_model(registry: Registry, name: str, domain: str | None = None,
                template: str | None = None) -> LoadedSubject:
     """A composition or an adapter by name, ready to serve on its (target) domain, or
     on ``domain``, with the prompt template it was trained with (or ``template``).
-    Baselines are refused (see :meth:`Subject.check_serves`)."""
+    Baselines are refused (see :meth:`Subject.check_serves`), and so is a model fused with
+    an ID model that cannot score a request's history."""
     subject = resolve_subject(registry, name, domain=domain)
     subject.check_serves()
-    return load_subject(registry, subject, template=template)
+    model = load_subject(registry, subject, template=template)
+    if model.fusion is not None and model.fusion.history_scores is None:
+        raise ValidationError(f"{subject.name} is fused with {model.fusion.fusion.with_model}, which scores a "
+                              "split's users only, not a history given at request time: recommend with the "
+                              "unfused model")
+    return model
 
 
 @dataclass
