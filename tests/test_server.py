@@ -283,24 +283,19 @@ def test_subject_names_are_looked_up_again_once_the_name_cache_is_stale(served_r
     resolved = models.resolve_subject
     monkeypatch.setattr(models, "resolve_subject", counting_resolve)
 
-    async def resolve_twice(cache, name):
-        first = await cache.resolve(name)
-        second = await cache.resolve(name)
-        return first, second
+    async def resolve_twice(names, name):
+        return await names.resolve(name), await names.resolve(name)
 
-    for name_cache_s, expected in ((3600.0, ["toys"]), (0.0, ["toys", "toys"])):
+    for max_age_s, expected in ((3600.0, ["toys"]), (0.0, ["toys", "toys"])):
         lookups.clear()
-        cache = models.ModelCache(Registry(), 1, models.BatchingConfig(), name_cache_s=name_cache_s)
-        try:
-            first, second = asyncio.run(resolve_twice(cache, "toys"))
-            assert first.name == second.name == "toys@v1" and lookups == expected
-            lookups.clear()
-            for _ in range(2):
-                with pytest.raises(NotFoundError, match="unknown subject 'no-such-model'"):
-                    asyncio.run(cache.resolve("no-such-model"))
-            assert lookups == ["no-such-model", "no-such-model"]
-        finally:
-            cache.shutdown()
+        names = models.SubjectNames(Registry(), max_age_s)
+        first, second = asyncio.run(resolve_twice(names, "toys"))
+        assert first.name == second.name == "toys@v1" and lookups == expected
+        lookups.clear()
+        for _ in range(2):
+            with pytest.raises(NotFoundError, match="unknown subject 'no-such-model'"):
+                asyncio.run(names.resolve("no-such-model"))
+        assert lookups == ["no-such-model", "no-such-model"]
     plugins.reset()
 
 

@@ -186,15 +186,39 @@ class Served:
     batcher: MicroBatcher
 
 
+class SubjectNames:
+    """Subject names resolved to their registry records, each record reused until it is
+    ``max_age_s`` old (0: looked up on every request).  The lookup is a few database
+    queries, several milliseconds of a request that scores in tens; a new version or a
+    removal is seen within ``max_age_s``.  A bad name is never cached, so one registered
+    a moment later is found at once."""
+
+    def __init__(self, registry: Registry, max_age_s: float = NAME_CACHE_S) -> None:
+        self.registry = registry
+        self.max_age_s = max_age_s
+        self._records: dict[str, tuple[float, Subject]] = {}
+
+    async def resolve(self, name: str) -> Subject:
+        """The record of ``name`` (NotFoundError/ValidationError for a bad name)."""
+        cached = self._records.get(name)
+        if cached is not None and time.monotonic() - cached[0] < self.max_age_s:
+            return cached[1]
+        try:
+            subject = await asyncio.get_running_loop().run_in_executor(
+                None, lambda: resolve_subject(self.registry, name))
+        except NotFoundError as exc:
+            raise NotFoundError(f"unknown subject {name!r}: {exc}") from None
+        self._records[name] = (time.monotonic(), subject)
+        return subject
+
+
 class ModelCache:
     """Subjects loaded on first use (or preloaded), at most ``max_models`` at a time.
 
     ``log`` receives a line when a load starts, as it encodes (every few seconds) and
     when it ends: the server log of ``xreg serve``.  ``runtime`` encodes request
-    histories and ``ann`` decides which catalogues get an approximate index.  A name's
-    registry record is looked up again once it is ``name_cache_s`` old (0: on every
-    request): the lookup is a few database queries, several milliseconds of a request
-    that scores in tens, and a new version or a removal is then seen within that time."""
+    histories and ``ann`` decides which catalogues get an approximate index; names are
+    resolved through a :class:`SubjectNames` of ``name_cache_s``."""
 
     def __init__(self, registry: Registry, max_models: int, batching: BatchingConfig,
                  runtime: str = "torch", ann: AnnConfig | None = None,
@@ -206,8 +230,7 @@ class ModelCache:
         self.runtime = runtime
         self.ann = ann or AnnConfig()
         self.load_wait_s = load_wait_s
-        self.name_cache_s = name_cache_s
-        self._names: dict[str, tuple[float, Subject]] = {}
+        self._names = SubjectNames(registry, name_cache_s)
         self._log = log or (lambda line: None)
         self._loaded: OrderedDict[str, Served] = OrderedDict()
         self._loads: dict[str, asyncio.Task] = {}
@@ -242,19 +265,8 @@ class ModelCache:
         return None
 
     async def resolve(self, name: str) -> Subject:
-        """The registry's record of ``name`` (NotFoundError/ValidationError for a bad name),
-        from the name cache while it is younger than ``name_cache_s``; a bad name is never
-        cached, so one registered a moment later is found at once."""
-        cached = self._names.get(name)
-        if cached is not None and time.monotonic() - cached[0] < self.name_cache_s:
-            return cached[1]
-        try:
-            subject = await asyncio.get_running_loop().run_in_executor(
-                None, lambda: resolve_subject(self.registry, name))
-        except NotFoundError as exc:
-            raise NotFoundError(f"unknown subject {name!r}: {exc}") from None
-        self._names[name] = (time.monotonic(), subject)
-        return subject
+        """The registry's record of ``name`` (see :class:`SubjectNames`)."""
+        return await self._names.resolve(name)
 
     async def get(self, name: str, wait_s: float | None = None, patient: bool = False) -> Served:
         """The served model of subject ``name``, loading it if needed; a load that takes

@@ -77,8 +77,10 @@ def build_application(config: RayServeConfig) -> Any:
     class Recommender:
         def __init__(self) -> None:
             from ..registry import Registry
+            from .models import SubjectNames
 
             self.registry = Registry()
+            self.names = SubjectNames(self.registry)
 
         @serve.multiplexed(max_num_models_per_replica=config.max_models)
         async def model(self, subject: str):
@@ -98,10 +100,9 @@ def build_application(config: RayServeConfig) -> Any:
         @app.post("/v1/recommend", response_model=RecommendResponse)
         async def recommend(self, body: RecommendRequest):
             from ..serving import Query, recommend_many
-            from ..subjects import resolve_subject
 
             try:
-                subject = await asyncio.to_thread(resolve_subject, self.registry, body.subject)
+                subject = await self.names.resolve(body.subject)
                 subject.check_serves()
                 routed = serve.get_multiplexed_model_id()
                 if routed and routed not in (body.subject, subject.name):
@@ -110,7 +111,7 @@ def build_application(config: RayServeConfig) -> Any:
                 query = Query(body.history, body.candidates, body.top_k, body.exclude_history)
                 ranked = (await asyncio.to_thread(recommend_many, model, [query]))[0]
             except NotFoundError as exc:
-                return JSONResponse({"error": f"unknown subject {body.subject!r}: {exc}"}, status_code=404)
+                return JSONResponse({"error": str(exc)}, status_code=404)
             except XregError as exc:
                 return JSONResponse({"error": str(exc)}, status_code=422)
             return RecommendResponse(subject=subject.name, kind=model.kind, version=model.version,
