@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, Sequence
 
 from .errors import ValidationError
+from .named_tables import add_named_class
 from .runs import signals_interrupt
 from .stored_folders import store_folder, write_folder
 
@@ -218,10 +219,7 @@ BASELINES: dict[str, type[Baseline]] = {}
 
 def register_baseline(cls: type[Baseline]) -> type[Baseline]:
     """Add a baseline class to :data:`BASELINES` (usable as a decorator)."""
-    if cls.name in BASELINES:
-        raise ValidationError(f"baseline {cls.name!r} is already registered")
-    BASELINES[cls.name] = cls
-    return cls
+    return add_named_class(BASELINES, cls, "baseline")
 
 
 for _baseline in (Popularity, SASRec, ItemKNN, Markov):

@@ -30,6 +30,7 @@ from typing import Any, ClassVar, Mapping
 
 from .data import DEFAULT_SPLIT_STRATEGY, MIN_SEQUENCE_LENGTH, DomainData, UserSequence
 from .errors import DataError, ValidationError
+from .named_tables import add_named_class
 
 Converter = Any  # a plugin_helpers option converter: text -> value, ValueError when bad
 
@@ -186,10 +187,7 @@ SPLIT_STRATEGIES: dict[str, type[SplitStrategy]] = {}
 
 def register_split_strategy(cls: type[SplitStrategy]) -> type[SplitStrategy]:
     """Add a strategy class to :data:`SPLIT_STRATEGIES` (usable as a decorator)."""
-    if cls.name in SPLIT_STRATEGIES:
-        raise ValidationError(f"split strategy {cls.name!r} is already registered")
-    SPLIT_STRATEGIES[cls.name] = cls
-    return cls
+    return add_named_class(SPLIT_STRATEGIES, cls, "split strategy")
 
 
 for _strategy in (UserDisjoint, LeaveOneOut, Temporal):

@@ -23,6 +23,7 @@ flags.
 from __future__ import annotations
 
 from ..errors import ValidationError
+from ..named_tables import add_named_class
 from .arrow import ArrowMethod
 from .interface import CompositionMethod, FitContext, SourceAdapter
 from .learned_merge import LearnedMergeMethod
@@ -44,10 +45,7 @@ def register_composition_method(cls: type[CompositionMethod]) -> type[Compositio
                       "after_training"):
         if not hasattr(cls, attribute):
             raise ValidationError(f"composition method {cls.__name__} has no {attribute!r}")
-    if cls.name in COMPOSITION_METHODS:
-        raise ValidationError(f"composition method {cls.name!r} is already registered")
-    COMPOSITION_METHODS[cls.name] = cls
-    return cls
+    return add_named_class(COMPOSITION_METHODS, cls, "composition method")
 
 
 def composition_method(name: str) -> CompositionMethod:

@@ -21,6 +21,7 @@ and argument checks can read the table and the capabilities at no start-up cost.
 from __future__ import annotations
 
 from ..errors import ValidationError
+from ..named_tables import add_named_class
 from .cross import CrossMode
 from .dual import DualMode
 from .interface import ScoringMode
@@ -38,14 +39,7 @@ def register_scoring_mode(cls: type[ScoringMode]) -> type[ScoringMode]:
     stored scorers of that name mean, so it is refused."""
     if not (isinstance(cls, type) and issubclass(cls, ScoringMode)):
         raise ValidationError(f"a scoring mode must be a ScoringMode subclass, not {cls!r}")
-    name = getattr(cls, "name", None)
-    if not isinstance(name, str) or not name.strip():
-        raise ValidationError(f"scoring mode class {cls.__name__} needs a non-empty name")
-    if name in SCORING_MODES:
-        raise ValidationError(f"scoring mode {name!r} is already registered "
-                              f"({SCORING_MODES[name].__qualname__})")
-    SCORING_MODES[name] = cls
-    return cls
+    return add_named_class(SCORING_MODES, cls, "scoring mode")
 
 
 def scoring_mode(name: str) -> ScoringMode:
